@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m jscale.data.fetch shakespeare mnist
+	$(PY) -m jscale.data.fetch shakespeare mnist digits
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,43 @@
+"""Runs a scaling sweep: ``python -m experiments.sweep --config=... --workdir=DIR``.
+
+Config overrides use ml_collections config flags (``--config.train.steps=300``,
+``--config.sweep.widths='(64,128,256)'``); process matters are plain flags. Running the
+same command again resumes. SIGTERM (a preemption notice) checkpoints and exits 0.
+This file is intentionally short: the logic lives in ``jscale.sweep``.
+"""
+
+import signal
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jscale import cli
+from jscale import sweep
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Sweep config file (experiments/configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder: local path or gs://...")
+_WORKER = flags.DEFINE_string("worker", "0/1", "i/K: train runs i, i+K, ... of the plan.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and time estimate; train nothing.")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices for data parallelism (0 = all).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}; overrides look like --config.a.b=value")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise ValueError("--config and --workdir are required")
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize()
+  stop_requested = []
+  signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+  options = sweep.SweepOptions(workdir=_WORKDIR.value, worker=sweep.parse_worker(_WORKER.value),
+                               dry_run=_DRY_RUN.value, num_devices=_NUM_DEVICES.value)
+  sweep.run_sweep(_CONFIG.value, options, should_stop=lambda: bool(stop_requested))
+
+
+if __name__ == "__main__":
+  app.run(cli.run_main(main), flags_parser=cli.flags_parser)

@@ -1,0 +1,199 @@
+"""Run configuration: every key declared once, and the one place that reads it.
+
+Experiment configs (``experiments/configs/*.py``) start from :func:`base_config` and
+override fields; command-line overrides arrive through ml_collections' config flags.
+:func:`resolve` turns a ConfigDict into typed, frozen specs, validating every field,
+so library code below this module never sees a ConfigDict.
+"""
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from jscale import data as data_lib
+from jscale import models
+
+SCHEDULES = ("cosine", "linear", "constant")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """One training run: model x data x optimisation x checkpointing."""
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = "transformer"  # one of models.FAMILIES
+  c.model.width = 64  # d_model (transformer), hidden units (mlp), channels (cnn)
+  c.model.depth = 2  # layers (transformer, mlp) or conv blocks (cnn)
+  c.model.num_heads = 4  # transformer: attention heads; must divide width
+  c.model.head_dim = 0  # transformer: if > 0, num_heads = width // head_dim (fixed head size)
+  c.model.mlp_ratio = 4  # transformer: MLP hidden size / width
+  c.model.positions = "rotary"  # transformer: "rotary" or "learned"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "shakespeare"  # one of data.CORPORA
+  c.data.seq_len = 128  # text: tokens per example (the model's context length)
+  c.data.validation_fraction = 0.1  # share of documents held out for validation
+  c.data.files_glob = ""  # for name="files": a glob of text files (local or gs://)
+  c.data.cache_dir = ""  # "" = $JSCALE_DATA_DIR or ~/.cache/jscale
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seed = 0  # parameter init and data order
+  c.train.steps = 200  # optimizer updates
+  c.train.global_batch = 32  # examples per update, summed over all devices and hosts
+  c.train.grad_accum = 1  # micro-batches per update (global_batch must divide evenly)
+  c.train.learning_rate = 3e-3  # peak learning rate
+  c.train.schedule = "cosine"  # "cosine", "linear" (decay to the floor) or "constant"
+  c.train.warmup_steps = 20  # linear warm-up from 0 to the peak
+  c.train.final_lr_fraction = 0.1  # learning-rate floor as a fraction of the peak
+  c.train.b1 = 0.9  # AdamW first-moment decay
+  c.train.b2 = 0.95  # AdamW second-moment decay
+  c.train.eps = 1e-8  # AdamW epsilon
+  c.train.weight_decay = 0.1  # AdamW decoupled weight decay (kernels only)
+  c.train.clip_norm = 1.0  # global-norm gradient clipping; 0 turns it off
+  c.train.compute_dtype = "float32"  # "float32" or "bfloat16" (params stay float32)
+  c.train.eval_every = 100  # steps between validation passes (and one at the end)
+  c.train.eval_batches = 8  # validation batches per pass
+  c.train.log_every = 20  # steps between console progress lines
+  c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look up the device
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 100  # steps between checkpoints (one is always written at the end)
+  c.checkpoint.keep = 2  # newest checkpoints kept
+  c.checkpoint.async_save = True  # write in the background while training goes on
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """Optimisation and bookkeeping of one run (see base_config for meanings)."""
+  seed: int
+  steps: int
+  global_batch: int
+  grad_accum: int
+  learning_rate: float
+  schedule: str
+  warmup_steps: int
+  final_lr_fraction: float
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  clip_norm: float
+  compute_dtype: str
+  eval_every: int
+  eval_batches: int
+  log_every: int
+  peak_flops: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+  every: int
+  keep: int
+  async_save: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """Everything one training run needs, typed and validated."""
+  model: Any  # a spec from jscale.models.FAMILIES
+  data: data_lib.DataSpec
+  train: TrainSpec
+  checkpoint: CheckpointSpec
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+def _positive_int(field: str, value: Any) -> int:
+  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           field, value, "a positive integer")
+  return value
+
+
+def _non_negative(field: str, value: Any) -> float:
+  _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+           field, value, "a non-negative number")
+  return float(value)
+
+
+def _train_spec(t: ml_collections.ConfigDict) -> TrainSpec:
+  _require(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {SCHEDULES}")
+  _require(t.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", t.compute_dtype,
+           f"one of {COMPUTE_DTYPES}")
+  _require(isinstance(t.seed, int) and t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
+  steps = _positive_int("train.steps", t.steps)
+  batch = _positive_int("train.global_batch", t.global_batch)
+  accum = _positive_int("train.grad_accum", t.grad_accum)
+  _require(batch % accum == 0, "train.grad_accum", accum,
+           f"a divisor of train.global_batch={batch}")
+  _require(isinstance(t.learning_rate, (int, float)) and t.learning_rate > 0,
+           "train.learning_rate", t.learning_rate, "a positive number")
+  _require(0 <= t.final_lr_fraction <= 1, "train.final_lr_fraction", t.final_lr_fraction,
+           "in [0, 1]")
+  _require(isinstance(t.warmup_steps, int) and 0 <= t.warmup_steps <= steps,
+           "train.warmup_steps", t.warmup_steps, f"an integer in [0, train.steps={steps}]")
+  for name in ("b1", "b2"):
+    _require(0 <= t[name] < 1, f"train.{name}", t[name], "in [0, 1)")
+  return TrainSpec(
+      seed=t.seed, steps=steps, global_batch=batch, grad_accum=accum,
+      learning_rate=float(t.learning_rate), schedule=t.schedule,
+      warmup_steps=t.warmup_steps, final_lr_fraction=float(t.final_lr_fraction),
+      b1=float(t.b1), b2=float(t.b2), eps=_non_negative("train.eps", t.eps),
+      weight_decay=_non_negative("train.weight_decay", t.weight_decay),
+      clip_norm=_non_negative("train.clip_norm", t.clip_norm),
+      compute_dtype=t.compute_dtype,
+      eval_every=_positive_int("train.eval_every", t.eval_every),
+      eval_batches=_positive_int("train.eval_batches", t.eval_batches),
+      log_every=_positive_int("train.log_every", t.log_every),
+      peak_flops=_non_negative("train.peak_flops", t.peak_flops))
+
+
+def _checkpoint_spec(c: ml_collections.ConfigDict) -> CheckpointSpec:
+  return CheckpointSpec(every=_positive_int("checkpoint.every", c.every),
+                        keep=_positive_int("checkpoint.keep", c.keep),
+                        async_save=bool(c.async_save))
+
+
+def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):
+  """Builds the model spec; the dataset fixes vocabulary, context and input shape."""
+  family = m.family
+  fields = {f.name for f in dataclasses.fields(models.FAMILIES[family])}
+  values = dict(m.to_dict(), dtype=dtype)
+  if family == "transformer" and m.head_dim:
+    _require(isinstance(m.head_dim, int) and m.head_dim > 0 and m.width % m.head_dim == 0,
+             "model.head_dim", m.head_dim, f"a positive divisor of model.width={m.width}")
+    values["num_heads"] = m.width // m.head_dim
+  if dataset.kind == "text":
+    values.update(context_length=dataset.seq_len, vocab_size=dataset.vocab_size)
+  else:
+    values.update(input_shape=tuple(dataset.example_shape), num_classes=dataset.num_classes)
+  return models.make_spec(family, **{k: v for k, v in values.items() if k in fields})
+
+
+def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:
+  d = config.data
+  return data_lib.DataSpec(name=d.name, seq_len=d.seq_len,
+                           validation_fraction=d.validation_fraction,
+                           files_glob=d.files_glob, cache_dir=d.cache_dir)
+
+
+def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
+  """Validates a run config and returns typed specs (loads the dataset if not given)."""
+  train = _train_spec(config.train)
+  if config.model.family not in models.FAMILIES:
+    raise ValueError(f"model.family must be one of {tuple(models.FAMILIES)}, "
+                     f"got {config.model.family!r}")
+  dataset = dataset if dataset is not None else data_lib.load(data_spec(config))
+  language_model = config.model.family == "transformer"
+  if language_model != (dataset.kind == "text"):
+    raise ValueError(
+        f"model.family {config.model.family!r} does not fit data.name {config.data.name!r} "
+        f"({dataset.kind} data); use transformer for text and mlp or cnn for images")
+  return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
+                 data=data_spec(config), train=train,
+                 checkpoint=_checkpoint_spec(config.checkpoint))

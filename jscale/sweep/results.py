@@ -1,0 +1,61 @@
+"""A workdir's layout and its results table.
+
+    DIR/sweep.json              the sweep config and its comparable fields
+    DIR/results.csv             one row per run, rebuilt from runs/ at any time
+    DIR/runs/<id>/config.json   the resolved run config
+    DIR/runs/<id>/metrics.jsonl train and eval records
+    DIR/runs/<id>/checkpoints/  orbax checkpoints
+    DIR/runs/<id>/result.json   final numbers and status (written last, atomically)
+"""
+
+import csv
+import io
+import json
+
+from etils import epath
+
+from jscale.metrics import write_text_atomic
+
+COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_rate", "seed",
+           "budget", "steps", "params_total", "params_non_embedding", "tokens", "flops", "train_loss",
+           "val_loss", "val_bpb", "val_accuracy", "diverged_step")
+# Timings (wall time, tokens/s, MFU) stay in each result.json: the table holds only
+# deterministic numbers, so an interrupted and resumed sweep reproduces it bit for bit.
+
+
+def run_dir(workdir: epath.PathLike, run_id: str) -> epath.Path:
+  return epath.Path(workdir) / "runs" / run_id
+
+
+def read_result(path: epath.PathLike) -> dict | None:
+  path = epath.Path(path) / "result.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def row(run_id: str, config: dict, result: dict) -> dict:
+  values = dict(result, run_id=run_id, family=config["model"]["family"],
+                width=config["model"]["width"], depth=config["model"]["depth"],
+                learning_rate=config["train"]["learning_rate"], seed=config["train"]["seed"])
+  return {k: ("" if values.get(k) is None else values[k]) for k in COLUMNS}
+
+
+def collect(workdir: epath.PathLike) -> list[dict]:
+  """One row per run folder that has a result, ordered by compute then id."""
+  rows = []
+  runs = epath.Path(workdir) / "runs"
+  for folder in sorted(runs.iterdir()) if runs.exists() else []:
+    result = read_result(folder)
+    if result is not None:
+      config = json.loads((folder / "config.json").read_text())
+      rows.append(row(folder.name, config, result))
+  return sorted(rows, key=lambda r: (float(r["flops"] or 0), r["run_id"]))
+
+
+def write_results_csv(workdir: epath.PathLike) -> epath.Path:
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(collect(workdir))
+  path = epath.Path(workdir) / "results.csv"
+  write_text_atomic(path, out.getvalue())
+  return path

@@ -1,0 +1,171 @@
+"""Runs a sweep in a workdir: plan, train what is missing, tabulate, fit, plot.
+
+Running the same sweep again skips finished runs and resumes unfinished ones from their
+last checkpoint; ``worker=(i, K)`` lets K processes share one workdir, each training
+runs i, i+K, ... of the plan, so every run is trained exactly once.
+"""
+
+import dataclasses
+import json
+import time
+from typing import Callable
+
+import jax
+from etils import epath
+
+from jscale import data as data_lib
+from jscale import config as config_lib
+from jscale.metrics import format_eta, write_json_atomic
+from jscale.sharding import data_parallel
+from jscale.sweep import plan as plan_lib
+from jscale.sweep import report
+from jscale.sweep.results import read_result, run_dir, write_results_csv
+from jscale.train import Progress, train
+from jscale.train.step import init_state, make_train_step
+from jscale.optim import learning_rate_schedule, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+  workdir: str
+  worker: tuple[int, int] = (0, 1)
+  dry_run: bool = False
+  num_devices: int = 0  # 0 = all devices
+  fit: bool = True
+
+
+def prepare_workdir(workdir: epath.Path, config) -> None:
+  """Creates the workdir and records the sweep, refusing incompatible edits."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write-probe"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
+  fields = plan_lib.comparable_fields(config)
+  sweep_json = workdir / "sweep.json"
+  if sweep_json.exists():
+    before = json.loads(sweep_json.read_text())["comparable"]
+    for key, value in fields.items():
+      if key in before and before[key] != value:
+        raise ValueError(
+            f"{key} is {value!r} but the runs in {workdir} used {before[key]!r}; mixing them "
+            "would make the results incomparable: use a new --workdir")
+  write_json_atomic(sweep_json, {"comparable": fields, "config": config.to_dict()})
+
+
+def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp, steps: int = 3) -> float:
+  """Training FLOP/s of ``run``'s shape, timed over a few steps after compilation."""
+  spec = run.spec
+  module, tx = spec.model.make_module(), make_optimizer(spec.train)
+  step = make_train_step(module, tx, learning_rate_schedule(spec.train), dp,
+                         spec.train.grad_accum)
+  state = jax.jit(lambda: init_state(module, tx, spec.model.dummy_inputs(1), 0),
+                  out_shardings=dp.replicated)()
+  batch = dp.shard_batch(dataset.train_batch(0, spec.train.global_batch, 0))
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  per_step = (time.perf_counter() - start) / steps
+  return run.flops / spec.train.steps / per_step
+
+
+def print_plan(runs, dataset, dp, worker) -> None:
+  """Lists the runs with an estimate of their wall time from measured step times."""
+  ends = [runs[0], runs[-1]] if len(runs) > 1 else [runs[0]]
+  rates = [measure_flops_per_second(r, dataset, dp) for r in ends]
+  print(f"{len(runs)} runs; measured {rates[0] / 1e9:.2f} GFLOP/s (smallest)"
+        + (f", {rates[-1] / 1e9:.2f} GFLOP/s (largest)" if len(rates) > 1 else ""))
+  print(f"{'id':12}  {'label':28} {'params':>10} {'non-emb':>10} {'tokens':>10} "
+        f"{'FLOPs':>9} {'est.':>7}")
+  total = 0.0
+  for i, r in enumerate(runs):
+    # Small models reach a lower FLOP/s: interpolate the rate between the two ends in
+    # log-compute.
+    frac = 0.0 if len(runs) == 1 else i / (len(runs) - 1)
+    rate = rates[0] ** (1 - frac) * rates[-1] ** frac
+    seconds = plan_lib.estimated_seconds(r, rate)
+    mine = i % worker[1] == worker[0]
+    total += seconds if mine else 0.0
+    counts = r.spec.model.param_counts()
+    print(f"{r.run_id:12}  {r.label:28} {counts.total:>10,} {counts.non_embedding:>10,} "
+          f"{r.tokens:>10.3g} {r.flops:>9.2e} {format_eta(seconds):>7}"
+          + ("" if mine else "  (other worker)"))
+  print(f"estimated training time for this worker: {format_eta(total)} "
+        "(plus compilation, about a second per run)")
+
+
+def _sweep_progress(label: str, remaining_flops: Callable[[], float], started: float,
+                    flops_done: Callable[[], float]) -> Callable[[Progress], None]:
+  def show(p: Progress) -> None:
+    rate = flops_done() / max(time.perf_counter() - started, 1e-9)
+    sweep_eta = remaining_flops() / rate if rate > 0 else float("nan")
+    print(f"  {label} step {p.step}/{p.steps} loss {p.loss:.4f} "
+          f"{p.tokens_per_second:,.0f} tok/s eta {format_eta(p.run_eta_seconds)} "
+          f"(sweep {format_eta(sweep_eta)})", flush=True)
+  return show
+
+
+def run_sweep(config, options: SweepOptions,
+              should_stop: Callable[[], bool] = lambda: False) -> str:
+  """Runs this worker's share of the sweep; returns 'done', 'waiting' or 'preempted'."""
+  workdir = epath.Path(options.workdir)
+  dataset = data_lib.load(config_lib.data_spec(config))
+  runs = plan_lib.plan_runs(config, dataset)
+  dp = data_parallel(options.num_devices)
+  dp.check_batch(config.train.global_batch)
+  if options.dry_run:
+    print_plan(runs, dataset, dp, options.worker)
+    return "done"
+  prepare_workdir(workdir, config)
+  index, count = options.worker
+  mine = [r for i, r in enumerate(runs) if i % count == index]
+  todo = [r for r in mine if read_result(run_dir(workdir, r.run_id)) is None]
+  print(f"sweep: {len(runs)} runs planned, {len(mine)} for worker {index}/{count}, "
+        f"{len(mine) - len(todo)} finished already", flush=True)
+
+  started, done_flops = time.perf_counter(), [0.0]
+  remaining = [sum(r.flops for r in todo)]
+  for n, run in enumerate(todo, 1):
+    folder = run_dir(workdir, run.run_id)
+    write_json_atomic(folder / "config.json", plan_lib.run_config_dict(run.config))
+    print(f"[{n}/{len(todo)}] start {run.run_id} {run.label} "
+          f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
+          f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)", flush=True)
+    try:
+      result = train(run.spec, dataset, folder, dp=dp, should_stop=should_stop,
+                     progress=_sweep_progress(run.label, lambda: remaining[0], started,
+                                              lambda: done_flops[0]))
+    except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
+      if isinstance(e, ValueError):
+        raise
+      result = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    if result["status"] == "preempted":
+      write_results_csv(workdir)
+      print(f"preempted: {run.run_id} checkpointed at step {result['step']}; "
+            "rerun the same command to resume", flush=True)
+      return "preempted"
+    write_json_atomic(folder / "result.json", dict(result, run_id=run.run_id, label=run.label,
+                                                       budget=run.budget))
+    done_flops[0] += run.flops
+    remaining[0] -= run.flops
+    write_results_csv(workdir)
+    loss = result.get("val_loss")
+    print(f"[{n}/{len(todo)}] end {run.run_id} {result['status']}"
+          + (f" val_loss {loss:.4f}" if loss is not None else "")
+          + (f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else ""),
+          flush=True)
+
+  write_results_csv(workdir)
+  missing = [r for r in runs if read_result(run_dir(workdir, r.run_id)) is None]
+  if missing:
+    print(f"{len(missing)} runs of other workers not finished yet; the last worker to finish "
+          "writes the fit and plots", flush=True)
+    return "waiting"
+  if options.fit:
+    report.write_report(workdir, runs, bootstrap=config.sweep.bootstrap)
+  return "done"

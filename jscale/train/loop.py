@@ -1,0 +1,193 @@
+"""The training loop of one run: resume, train, evaluate, checkpoint, report.
+
+The loop never stalls the device for bookkeeping: step t's metrics are read after step
+t+1 has been dispatched. A non-finite loss ends the run as ``diverged``; ``should_stop``
+(wired to SIGTERM by the entry points) ends it as ``preempted`` after a checkpoint.
+"""
+
+import dataclasses
+import importlib.metadata
+import math
+import platform
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+from etils import epath
+
+from jscale import flops as flops_lib
+from jscale.checkpoint import Checkpointer, abstract_like
+from jscale.config import RunSpec
+from jscale.metrics import MetricsLog, format_eta
+from jscale.optim import learning_rate_schedule, make_optimizer
+from jscale.sharding import DataParallel, process_shard
+from jscale.train.step import init_state, make_eval_step, make_train_step
+
+LN2 = math.log(2.0)
+TRAIN_LOSS_WINDOW = 10  # final train loss = mean of the last this-many step losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  step: int
+  steps: int
+  loss: float
+  tokens_per_second: float
+  run_eta_seconds: float
+
+
+def print_progress(prefix: str) -> Callable[[Progress], None]:
+  def show(p: Progress) -> None:
+    print(f"{prefix} step {p.step}/{p.steps} loss {p.loss:.4f} "
+          f"{p.tokens_per_second:,.0f} tok/s eta {format_eta(p.run_eta_seconds)}", flush=True)
+  return show
+
+
+def versions() -> dict:
+  packages = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+  return {"python": platform.python_version(),
+          **{name: importlib.metadata.version(name) for name in packages}}
+
+
+def _local_rows(batch: dict) -> dict:
+  index, count = process_shard()
+  rows = next(iter(batch.values())).shape[0] // count
+  return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
+
+
+def evaluate(eval_step, params, eval_batches: list, dp: DataParallel) -> dict:
+  """Mean validation loss and accuracy over equally sized batches."""
+  totals = [eval_step(params, dp.shard_batch(_local_rows(b))) for b in eval_batches]
+  return {k: float(np.mean([float(t[k]) for t in totals])) for k in totals[0]}
+
+
+def _eval_record(dataset, values: dict) -> dict:
+  record = {"val_loss": values["loss"]}
+  if dataset.kind == "text":  # byte tokens: nats per token / ln 2 = bits per byte
+    record["val_bpb"] = values["loss"] / LN2
+  else:
+    record["val_accuracy"] = values["accuracy"]
+  return record
+
+
+def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
+          should_stop: Callable[[], bool] = lambda: False,
+          progress: Callable[[Progress], None] | None = None) -> dict:
+  """Trains (or resumes) one run in ``run_dir``; returns its result record."""
+  t = run.train
+  dp.check_batch(t.global_batch)
+  run_dir = epath.Path(run_dir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  progress = progress or print_progress(run_dir.name)
+
+  module = run.model.make_module()
+  tx = make_optimizer(t)
+  train_step = make_train_step(module, tx, learning_rate_schedule(t), dp, t.grad_accum)
+  eval_step = make_eval_step(module, dp)
+  eval_batches = dataset.eval_batches(t.global_batch, t.eval_batches)
+  init = lambda: init_state(module, tx, run.model.dummy_inputs(1), t.seed)  # noqa: E731
+
+  log = MetricsLog(run_dir / "metrics.jsonl")
+  with Checkpointer(run_dir / "checkpoints", run.checkpoint) as ckpt:
+    restored = ckpt.restore_latest(abstract_like(jax.eval_shape(init), dp.replicated))
+    if restored is None:
+      state, meta = jax.jit(init, out_shardings=dp.replicated)(), {"step": 0, "wall_seconds": 0.0}
+    else:
+      state, meta = restored
+      print(f"{run_dir.name} resumed at step {meta['step']}", flush=True)
+    start = int(meta["step"])
+    log.truncate_after(start)
+
+    flops_per_step = flops_lib.train_flops_per_step(run.model, t.global_batch)
+    units_per_step = t.global_batch * run.model.units_per_example
+    index, count = process_shard()
+    wall_before, t0 = float(meta["wall_seconds"]), time.perf_counter()
+    timed_from = None  # (step, time) once the first step (compilation) is done
+    status, diverged_step, pending = "done", None, None
+
+    def save(step, state):
+      ckpt.save(step, state, {"step": step, "data_position": step, "seed": t.seed,
+                              "wall_seconds": wall_before + time.perf_counter() - t0})
+
+    def consume(step, metrics) -> bool:
+      """Logs step's metrics (already computed); False when the loss is not finite."""
+      nonlocal timed_from
+      values = {k: float(v) for k, v in metrics.items()}
+      log.append("train", step, values)
+      now = time.perf_counter()
+      if timed_from is None:
+        timed_from = (step, now)
+      if step % t.log_every == 0 or step == t.steps:
+        done, elapsed = step - timed_from[0], now - timed_from[1]
+        rate = done * units_per_step / elapsed if done and elapsed > 0 else float("nan")
+        eta = (t.steps - step) * elapsed / done if done else float("nan")
+        progress(Progress(step, t.steps, values["loss"], rate, eta))
+      return math.isfinite(values["loss"])
+
+    for step in range(start, t.steps):
+      batch = dataset.train_batch(step, t.global_batch, t.seed, shard_index=index,
+                                  shard_count=count)
+      state, metrics = train_step(state, dp.shard_batch(batch))
+      if pending is not None and not consume(*pending):
+        status, diverged_step = "diverged", pending[0]
+        break
+      pending, done_steps = (step + 1, metrics), step + 1
+      stop = should_stop() and done_steps < t.steps
+      if ckpt.should_save(done_steps) or stop:
+        # The log must hold every step a checkpoint holds, so resume never leaves a gap.
+        if not consume(*pending):
+          status, diverged_step = "diverged", done_steps
+          break
+        pending = None
+        save(done_steps, state)
+      if done_steps % t.eval_every == 0 and done_steps < t.steps:
+        log.append("eval", done_steps, _eval_record(dataset, evaluate(
+            eval_step, state.params, eval_batches, dp)))
+      if stop:
+        ckpt.wait()
+        return {"status": "preempted", "step": done_steps}
+    if status == "done" and pending is not None and not consume(*pending):
+      status, diverged_step = "diverged", pending[0]
+
+    final = {}
+    if status == "done":
+      final = _eval_record(dataset, evaluate(eval_step, state.params, eval_batches, dp))
+      log.append("eval", t.steps, final)
+      save(t.steps, state)
+    ckpt.wait()
+    wall = wall_before + time.perf_counter() - t0
+
+  train_losses = [r["loss"] for r in log.records() if r["kind"] == "train"]
+  steps_done = diverged_step or t.steps
+  timed_steps = (steps_done - timed_from[0]) if timed_from else 0
+  timed_seconds = (time.perf_counter() - timed_from[1]) if timed_from else 0.0
+  flops_per_second = flops_per_step * timed_steps / timed_seconds if timed_steps else None
+  device = jax.devices()[0]
+  peak = t.peak_flops or flops_lib.peak_flops_per_device(device.device_kind, t.compute_dtype)
+  params = run.model.param_counts()
+  return {
+      "status": status,
+      "diverged_step": diverged_step,
+      "steps": steps_done,
+      "train_loss": (float(np.mean(train_losses[-TRAIN_LOSS_WINDOW:]))
+                     if status == "done" else None),
+      **final,
+      "params_total": params.total,
+      "params_non_embedding": params.non_embedding,
+      "tokens": units_per_step * steps_done,
+      "flops": flops_per_step * steps_done,
+      "flops_per_step": flops_per_step,
+      "wall_seconds": wall,
+      "tokens_per_second": (units_per_step * timed_steps / timed_seconds
+                            if timed_steps else None),
+      "flops_per_second": flops_per_second,
+      "mfu": (flops_lib.mfu(flops_per_second / dp.num_devices, peak)
+              if flops_per_second and peak else None),
+      "device_kind": device.device_kind,
+      "device_count": dp.num_devices,
+      "process_count": jax.process_count(),
+      "seed": t.seed,
+      "versions": versions(),
+      "data": dataset.metadata(),
+  }

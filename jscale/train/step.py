@@ -1,0 +1,91 @@
+"""The jitted train and eval steps: pure functions of (state, batch).
+
+Shapes: B = global batch, K = gradient-accumulation micro-batches, b = B / K.
+Batches are ``{"inputs", "targets"}``; the model maps inputs to float32 logits whose
+last axis is the class (or vocabulary) axis, so one loss serves LMs and classifiers.
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jscale.sharding import DataParallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: Any
+  opt_state: Any
+
+
+def init_state(module, tx: optax.GradientTransformation, dummy_inputs, seed: int) -> TrainState:
+  params = module.init(jax.random.key(seed), dummy_inputs)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def cross_entropy(logits, targets) -> tuple[jax.Array, jax.Array]:
+  """Mean cross-entropy (nats) and accuracy over every target position."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32))
+  return jnp.mean(losses), accuracy
+
+
+def _micro_batches(batch: dict, k: int) -> dict:
+  """[B, ...] -> [K, b, ...] taking every K-th row, so each micro-batch keeps the
+  device sharding of the data axis (row r*K + i lives where row r*K lives)."""
+
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    dp: DataParallel, grad_accum: int = 1) -> Callable:
+  """Returns jitted ``step(state, batch) -> (state, metrics)``."""
+
+  def loss_fn(params, batch):
+    logits = module.apply({"params": params}, batch["inputs"])
+    loss, _ = cross_entropy(logits, batch["targets"])
+    return loss
+
+  def grads_and_loss(params, batch):
+    if grad_accum == 1:
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+      return loss, grads
+
+    def accumulate(carry, micro):
+      loss, grads = jax.value_and_grad(loss_fn)(params, micro)
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(accumulate, zeros, _micro_batches(batch, grad_accum))
+    return jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+
+  def step(state: TrainState, batch: dict):
+    loss, grads = grads_and_loss(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(step, in_shardings=(dp.replicated, dp.batch),
+                 out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
+
+
+def make_eval_step(module, dp: DataParallel) -> Callable:
+  """Returns jitted ``eval_step(params, batch) -> {"loss", "accuracy"}`` (batch means)."""
+
+  def eval_step(params, batch):
+    logits = module.apply({"params": params}, batch["inputs"])
+    loss, accuracy = cross_entropy(logits, batch["targets"])
+    return {"loss": loss, "accuracy": accuracy}
+
+  return jax.jit(eval_step, in_shardings=(dp.replicated, dp.batch),
+                 out_shardings=dp.replicated)

@@ -1,0 +1,182 @@
+"""Training engine: data parallelism, accumulation, determinism, resume, divergence."""
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jscale import config as config_lib
+from jscale import data as data_lib
+from jscale.checkpoint import Checkpointer
+from jscale.evaluate import evaluate_run
+from jscale.optim import learning_rate_schedule, make_optimizer
+from jscale.sharding import data_parallel
+from jscale.train import init_state, make_train_step, train
+
+
+def tiny_config(**train_overrides):
+  c = config_lib.base_config()
+  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
+  c.data.name, c.data.seq_len = "synthetic_text", 16
+  c.train.steps, c.train.global_batch, c.train.warmup_steps = 12, 8, 2
+  c.train.eval_every, c.train.eval_batches, c.train.log_every = 6, 2, 6
+  c.checkpoint.every, c.checkpoint.keep, c.checkpoint.async_save = 4, 3, False
+  for key, value in train_overrides.items():
+    c.train[key] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
+
+
+def _run_steps(run, dataset, dp, steps):
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  step_fn = make_train_step(module, tx, learning_rate_schedule(run.train), dp,
+                            run.train.grad_accum)
+  state = jax.device_put(init_state(module, tx, run.model.dummy_inputs(1), run.train.seed),
+                         dp.replicated)
+  losses = []
+  for step in range(steps):
+    batch = dp.shard_batch(dataset.train_batch(step, run.train.global_batch, run.train.seed))
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+  return np.array(losses), jax.device_get(state.params)
+
+
+def _assert_trees_close(a, b, rtol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6)
+
+
+def test_eight_devices_equal_one_device(dataset):
+  assert len(jax.devices()) == 8, "conftest forces 8 host devices"
+  run = config_lib.resolve(tiny_config(steps=20), dataset)
+  losses_1, params_1 = _run_steps(run, dataset, data_parallel(1), 20)
+  losses_8, params_8 = _run_steps(run, dataset, data_parallel(8), 20)
+  np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+  _assert_trees_close(params_8, params_1, rtol=1e-5)
+  assert losses_1[-1] < losses_1[0]
+
+
+def test_gradient_accumulation_equals_full_batch(dataset):
+  full = config_lib.resolve(tiny_config(grad_accum=1), dataset)
+  accumulated = config_lib.resolve(tiny_config(grad_accum=4), dataset)
+  losses_full, params_full = _run_steps(full, dataset, data_parallel(2), 5)
+  losses_acc, params_acc = _run_steps(accumulated, dataset, data_parallel(2), 5)
+  np.testing.assert_allclose(losses_acc, losses_full, rtol=1e-5)
+  _assert_trees_close(params_acc, params_full, rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params(dataset):
+  run = config_lib.resolve(tiny_config(compute_dtype="bfloat16"), dataset)
+  losses, params = _run_steps(run, dataset, data_parallel(1), 3)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  assert np.all(np.isfinite(losses))
+
+
+def test_schedule_warmup_then_cosine_floor():
+  spec = config_lib.resolve(tiny_config(steps=100, warmup_steps=10, learning_rate=1.0,
+                                        final_lr_fraction=0.1),
+                            data_lib.load(data_lib.DataSpec("synthetic_text", 16))).train
+  lr = learning_rate_schedule(spec)
+  assert float(lr(0)) == 0.0
+  assert float(lr(5)) == pytest.approx(0.5)
+  assert float(lr(10)) == pytest.approx(1.0)
+  assert float(lr(100)) == pytest.approx(0.1)
+  assert float(lr(55)) == pytest.approx(0.55, abs=1e-6)  # cosine midpoint
+
+
+def test_train_is_deterministic_and_writes_metrics(tmp_path, dataset):
+  run = config_lib.resolve(tiny_config(), dataset)
+  dp = data_parallel(1)
+  a = train(run, dataset, tmp_path / "a", dp=dp, progress=lambda p: None)
+  b = train(run, dataset, tmp_path / "b", dp=dp, progress=lambda p: None)
+  assert a["status"] == b["status"] == "done"
+  for key in ("train_loss", "val_loss", "val_bpb", "tokens", "flops"):
+    assert a[key] == b[key], key
+  records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 13))
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [6, 12]
+  assert a["tokens"] == 12 * 8 * 16
+
+
+def test_preempted_run_resumes_bit_for_bit(tmp_path, dataset):
+  run = config_lib.resolve(tiny_config(), dataset)
+  dp = data_parallel(1)
+  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=lambda p: None)
+  calls = []
+
+  def stop_after_six():  # the loop asks once or twice per step
+    calls.append(1)
+    return len(calls) > 7
+
+  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_after_six,
+                progress=lambda p: None)
+  assert first["status"] == "preempted" and first["step"] < 12
+  resumed = train(run, dataset, tmp_path / "resumed", dp=dp, progress=lambda p: None)
+  assert resumed["train_loss"] == straight["train_loss"]
+  assert resumed["val_loss"] == straight["val_loss"]
+  lines = lambda d: [l for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+  assert lines("resumed") == lines("straight")
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, dataset, caplog):
+  run = config_lib.resolve(tiny_config(), dataset)
+  train(run, dataset, tmp_path, dp=data_parallel(1), progress=lambda p: None)
+  latest = tmp_path / "checkpoints" / "12" / "state"
+  for f in latest.rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  abstract = jax.eval_shape(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0))
+  with caplog.at_level(logging.WARNING), Checkpointer(tmp_path / "checkpoints",
+                                                      run.checkpoint) as ckpt:
+    restored = ckpt.restore_latest(abstract)
+  assert restored is not None and restored[1]["step"] == 8
+  assert "step 12 could not be restored" in caplog.text
+
+
+def test_diverged_run_is_marked_with_its_step(tmp_path, dataset):
+  run = config_lib.resolve(tiny_config(learning_rate=1e30, clip_norm=0.0, warmup_steps=0),
+                           dataset)
+  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=lambda p: None)
+  assert result["status"] == "diverged"
+  assert 1 <= result["diverged_step"] <= 12
+  assert result["val_loss"] if "val_loss" in result else True
+
+
+def test_trained_on_eight_devices_restores_on_one(tmp_path, dataset):
+  run = config_lib.resolve(tiny_config(), dataset)
+  c = tiny_config()
+  (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
+  result = train(run, dataset, tmp_path, dp=data_parallel(8), progress=lambda p: None)
+  record = evaluate_run(tmp_path, data_parallel(1))
+  assert record["step"] == 12 and record["device_count"] == 1
+  np.testing.assert_allclose(record["val_loss"], result["val_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("train", "steps", 0, "train.steps must be a positive integer, got 0"),
+    ("train", "schedule", "cosin", "train.schedule must be one of"),
+    ("train", "grad_accum", 3, "train.grad_accum must be a divisor of train.global_batch=8"),
+    ("model", "family", "rnn", "model.family must be one of"),
+    ("model", "width", -4, "model.width"),
+    ("model", "num_heads", 3, "model.num_heads"),
+    ("data", "name", "wikipedia", "data.name must be one of"),
+])
+def test_bad_config_is_a_one_line_value_error(section, key, value, message):
+  c = tiny_config()
+  c[section][key] = value
+  with pytest.raises(ValueError) as e:
+    config_lib.resolve(c)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_batch_not_divisible_by_devices_is_rejected():
+  with pytest.raises(ValueError, match="divisible by the device count 8, got 12"):
+    data_parallel(8).check_batch(12)
