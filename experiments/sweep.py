@@ -6,8 +6,10 @@ same command again resumes. SIGTERM (a preemption notice) checkpoints and exits 
 This file is intentionally short: the logic lives in ``jscale.sweep``.
 """
 
+import os
 import signal
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,7 +21,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder: local path or gs://...")
 _WORKER = flags.DEFINE_string("worker", "0/1", "i/K: train runs i, i+K, ... of the plan.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and time estimate; train nothing.")
+_FIT = flags.DEFINE_bool("fit", True, "Fit the scaling law and draw plots after training.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices for data parallelism (0 = all).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", "~/.cache/jscale/xla",
+    "Persistent XLA compilation cache folder, so resumed or repeated sweeps skip "
+    "compilation; empty = off.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
 
@@ -30,12 +37,15 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     raise ValueError("--config and --workdir are required")
   if _DISTRIBUTED.value:
-    import jax
     jax.distributed.initialize()
+  if _COMPILATION_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   stop_requested = []
   signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   options = sweep.SweepOptions(workdir=_WORKDIR.value, worker=sweep.parse_worker(_WORKER.value),
-                               dry_run=_DRY_RUN.value, num_devices=_NUM_DEVICES.value)
+                               dry_run=_DRY_RUN.value, num_devices=_NUM_DEVICES.value,
+                               fit=_FIT.value)
   sweep.run_sweep(_CONFIG.value, options, should_stop=lambda: bool(stop_requested))
 
 

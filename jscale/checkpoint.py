@@ -41,9 +41,6 @@ class Checkpointer:
     return step % self._spec.every == 0
 
   def save(self, step: int, state, meta: dict) -> None:
-    """Saves unless a checkpoint of this step exists (saves of a step are idempotent)."""
-    if step in self._manager.all_steps():
-      return
     self._manager.save(
         step,
         args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),

@@ -106,7 +106,12 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
     timed_from = None  # (step, time) once the first step (compilation) is done
     status, diverged_step, pending = "done", None, None
 
+    saved = [start]
+
     def save(step, state):
+      if saved[-1] == step:
+        return
+      saved.append(step)
       ckpt.save(step, state, {"step": step, "data_position": step, "seed": t.seed,
                               "wall_seconds": wall_before + time.perf_counter() - t0})
 

@@ -1,0 +1,161 @@
+"""Residual convolutional image classifier with a bounded number of downsamples.
+
+Shape letters: B batch, H/W spatial size at the current stage, C input
+channels, D width (channels of every block), N classes.
+
+Architecture: a linear 3x3 stem conv (C -> D), then ``depth`` pre-norm residual
+blocks ``x + conv3x3(relu(layer_norm(x)))``, then a final LayerNorm, global
+average pool and dense head. Blocks are split into at most
+MAX_DOWNSAMPLES + 1 equal stages with a 2x2 average pool between stages, and a
+pool happens only while both spatial sides stay >= 2, so a 64-block net still
+runs on 8x8 digits (8 -> 4 -> 2) and on 28x28 MNIST (28 -> 14 -> 7). Channels
+stay at D throughout so that width and depth are independent knobs. LayerNorm
+(over channels, per position) rather than BatchNorm keeps the model a pure
+function of its parameters: no mutable batch statistics under ``jax.vmap``.
+
+Initialisation: the stem is fan-in normal (std 1/sqrt(9C)); block convs are
+He-normal (std sqrt(2 / 9D)) scaled by 1/sqrt(depth) so the residual stream's
+variance stays O(1) at any depth; biases are zero; the head has std
+HEAD_LOGIT_STD / sqrt(D) (see ``spec``).
+"""
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jscale.models import spec as spec_lib
+
+MAX_DOWNSAMPLES = 2
+KERNEL_SIZE = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSpec:
+  """A residual CNN classifier at one size.
+
+  Attributes:
+    width: channels of the stem and of every block.
+    depth: number of residual conv blocks.
+    input_shape: (height, width, channels) of one image.
+    num_classes: output logits.
+    dtype: compute dtype; parameters are float32 either way.
+  """
+  family: ClassVar[str] = "cnn"
+  width: int = 32
+  depth: int = 2
+  input_shape: tuple[int, int, int] = (28, 28, 1)
+  num_classes: int = 10
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    spec_lib.check_common(self)
+    object.__setattr__(
+        self, "input_shape", spec_lib.normalized_input_shape(self.input_shape))
+    spec_lib.check_positive_int("num_classes", self.num_classes)
+
+  @property
+  def units_per_example(self) -> int:
+    return 1
+
+  def make_module(self) -> nn.Module:
+    return CNN(self)
+
+  def dummy_inputs(self, batch_size: int) -> jax.Array:
+    return jnp.zeros((batch_size, *self.input_shape), jnp.float32)
+
+  def downsample_after(self) -> frozenset[int]:
+    """Indices of the blocks followed by a 2x2 average pool."""
+    height, width = self.input_shape[:2]
+    halvings = 0
+    while min(height, width) // 2**(halvings + 1) >= 2:
+      halvings += 1
+    count = min(MAX_DOWNSAMPLES, self.depth - 1, halvings)
+    return frozenset(self.depth * k // (count + 1) - 1
+                     for k in range(1, count + 1))
+
+  def block_resolutions(self) -> list[tuple[int, int]]:
+    """(H, W) at which each block's conv runs."""
+    height, width = self.input_shape[:2]
+    resolutions = []
+    pooled_after = self.downsample_after()
+    for i in range(self.depth):
+      resolutions.append((height, width))
+      if i in pooled_after:
+        height, width = height // 2, width // 2
+    return resolutions
+
+  def stem_multiply_adds(self) -> int:
+    height, width, channels = self.input_shape
+    return (valid_taps(height) * valid_taps(width) * channels * self.width)
+
+  def multiply_adds(self) -> int:
+    """Multiply-accumulates of one forward pass on one example.
+
+    Only taps that land inside the image count: with SAME zero padding the
+    border outputs multiply nothing there (XLA's cost analysis agrees).
+    """
+    blocks = sum(valid_taps(h) * valid_taps(w) * self.width**2
+                 for h, w in self.block_resolutions())
+    return self.stem_multiply_adds() + blocks + self.width * self.num_classes
+
+  def param_counts(self) -> spec_lib.ParamCounts:
+    taps = KERNEL_SIZE**2
+    stem = taps * self.input_shape[2] * self.width + self.width
+    block = 2 * self.width + taps * self.width**2 + self.width
+    head = self.width * self.num_classes + self.num_classes
+    total = stem + self.depth * block + 2 * self.width + head
+    return spec_lib.ParamCounts(total=total, non_embedding=total)
+
+  def train_flops_per_unit(self) -> float:
+    """Training FLOPs per example; convention in ``jscale.flops``."""
+    return float(6 * self.multiply_adds() - 2 * self.stem_multiply_adds())
+
+
+def valid_taps(size: int) -> int:
+  """(output position, kernel tap) pairs inside the input along one axis.
+
+  A stride-1 SAME convolution of a length-``size`` axis: tap offset ``o``
+  (|o| <= KERNEL_SIZE // 2) reads real input at ``size - |o|`` positions.
+  """
+  reach = KERNEL_SIZE // 2
+  return sum(max(size - abs(offset), 0) for offset in range(-reach, reach + 1))
+
+
+class CNN(nn.Module):
+  """Maps float32 images [B, H, W, C] to float32 logits [B, N]."""
+  spec: CNNSpec
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
+    s = self.spec
+    dtype = spec_lib.compute_dtype(s)
+    kernel = (KERNEL_SIZE, KERNEL_SIZE)
+    taps = KERNEL_SIZE**2
+    x_BxHxWxD = nn.Conv(
+        s.width, kernel, padding="SAME", dtype=dtype,
+        kernel_init=nn.initializers.normal(
+            1 / math.sqrt(taps * s.input_shape[2])),
+        name="stem")(images_BxHxWxC)
+    pooled_after = s.downsample_after()
+    for i in range(s.depth):
+      h_BxHxWxD = nn.relu(
+          nn.LayerNorm(dtype=dtype, name=f"norm_{i}")(x_BxHxWxD))
+      x_BxHxWxD += nn.Conv(
+          s.width, kernel, padding="SAME", dtype=dtype,
+          kernel_init=nn.initializers.normal(
+              math.sqrt(2 / (taps * s.width * s.depth))),
+          name=f"conv_{i}")(h_BxHxWxD)
+      if i in pooled_after:
+        x_BxHxWxD = nn.avg_pool(x_BxHxWxD, (2, 2), strides=(2, 2))
+    x_BxHxWxD = nn.LayerNorm(dtype=dtype, name="final_norm")(x_BxHxWxD)
+    features_BxD = x_BxHxWxD.mean(axis=(1, 2))
+    logits_BxN = nn.Dense(
+        s.num_classes, dtype=dtype,
+        kernel_init=nn.initializers.normal(
+            spec_lib.HEAD_LOGIT_STD / math.sqrt(s.width)),
+        name="head")(features_BxD)
+    return logits_BxN.astype(jnp.float32)

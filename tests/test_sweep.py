@@ -1,0 +1,241 @@
+"""Sweeps through the real entry point: plan, resume after SIGKILL/SIGTERM, workers, errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jscale import config as config_lib
+from jscale import data as data_lib
+from jscale.sweep import plan as plan_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = "--config=experiments/configs/smoke.py"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """One device, and a compilation cache shared by this module's subprocesses."""
+  e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  e["JAX_PLATFORMS"] = "cpu"
+  e["JSCALE_TEST_XLA_CACHE"] = str(tmp_path_factory.mktemp("xla"))
+  return e
+
+
+def sweep_cmd(env, workdir, *extra):
+  return [sys.executable, "-m", "experiments.sweep", SMOKE, f"--workdir={workdir}",
+          f"--compilation_cache={env['JSCALE_TEST_XLA_CACHE']}", *extra]
+
+
+def run(cmd, env, timeout=300):
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def smoke_config():
+  sys.path.insert(0, str(ROOT))
+  from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
+  return smoke.get_config()
+
+
+def test_plan_is_the_product_of_axes_with_stable_ids():
+  c = smoke_config()
+  c.sweep.widths, c.sweep.depths, c.sweep.seeds = (8, 16), (1, 2), (0, 1)
+  dataset = data_lib.load(config_lib.data_spec(c))
+  runs = plan_lib.plan_runs(c, dataset)
+  assert len(runs) == 8 and len({r.run_id for r in runs}) == 8
+  assert [r.run_id for r in plan_lib.plan_runs(c, dataset)] == [r.run_id for r in runs]
+  flops = [r.flops for r in runs]
+  assert flops == sorted(flops)
+  c.train.log_every = 3  # bookkeeping only: same runs
+  assert {r.run_id for r in plan_lib.plan_runs(c, dataset)} == {r.run_id for r in runs}
+  c.train.learning_rate = 1e-3  # changes the numbers: new runs
+  assert not {r.run_id for r in plan_lib.plan_runs(c, dataset)} & {r.run_id for r in runs}
+
+
+def test_isoflop_plan_trains_each_size_for_the_budget():
+  c = smoke_config()
+  c.sweep.budgets, c.sweep.min_steps = (4e8, 8e8), 1
+  dataset = data_lib.load(config_lib.data_spec(c))
+  runs = plan_lib.plan_runs(c, dataset)
+  for r in runs:
+    assert r.flops == pytest.approx(r.budget, rel=0.1)
+  assert {r.budget for r in runs} == {4e8, 8e8}
+
+
+def test_worker_flag_parsing():
+  assert plan_lib.parse_worker("1/3") == (1, 3)
+  for bad in ("3/3", "a/b", "1"):
+    with pytest.raises(ValueError, match="--worker must look like i/K"):
+      plan_lib.parse_worker(bad)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.bogus=1", "--config.train.bogus is not a key of the config"),
+    ("--config.train.steps=abc", "--config.train.steps=abc"),
+    ("--config.train.steps=-1", "train.steps must be a positive integer, got -1"),
+    ("--config.sweep.widths=(8,-2)", "model.width"),
+    ("--worker=2/2", "--worker must look like i/K"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, env, override, message):
+  workdir = tmp_path / "w"
+  result = run(sweep_cmd(env, workdir, override), env)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr
+  assert not workdir.exists()
+
+
+def test_unwritable_workdir_is_rejected(tmp_path, env):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  result = run(sweep_cmd(env, blocker / "sub"), env)
+  assert result.returncode == 2 and "is not writable" in result.stderr
+
+
+def test_dry_run_plans_and_trains_nothing(tmp_path, env):
+  result = run(sweep_cmd(env, tmp_path / "w", "--dry_run"), env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "3 runs" in result.stdout and "estimated training time" in result.stdout
+  assert not (tmp_path / "w").exists()
+
+
+def _final_params(workdir):
+  from jscale.evaluate import load_run_config, restore_params  # noqa: PLC0415
+  from jscale.sharding import data_parallel  # noqa: PLC0415
+  out = {}
+  for folder in sorted((workdir / "runs").iterdir()):
+    c = load_run_config(folder)
+    spec = config_lib.resolve(c, data_lib.load(config_lib.data_spec(c)))
+    params, step = restore_params(folder, spec, data_parallel(1))
+    out[folder.name] = (step, [np.asarray(x) for x in jax.tree.leaves(params)])
+  return out
+
+
+# A kill at a chosen moment, deterministically: the sweep runs in-process with one
+# function patched to SIGKILL the process at its n-th call.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    target, attribute, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    module = __import__(target, fromlist=["_"])
+    owner = module
+    *path, name = attribute.split(".")
+    for part in path:
+      owner = getattr(owner, part)
+    original, calls = getattr(owner, name), []
+    def patched(*args, **kwargs):
+      result = original(*args, **kwargs)
+      calls.append(1)
+      if len(calls) == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+      return result
+    setattr(owner, name, patched)
+    from absl import app
+    from experiments import sweep
+    from jscale import cli
+    sys.argv = [sys.argv[0]] + sys.argv[4:]
+    app.run(cli.run_main(sweep.main), flags_parser=cli.flags_parser)
+""")
+
+KILL_MOMENTS = {
+    # 2nd run, its 6th logged step: in the middle of training.
+    "during_a_run": ("jscale.metrics", "MetricsLog.append", 12 + 2 + 6),
+    # After run 1's result.json, before the table is rebuilt and run 2 starts.
+    "between_runs": ("jscale.sweep.runner", "write_results_csv", 1),
+    # An asynchronous save has been started and is still writing.
+    "during_a_checkpoint_save": ("jscale.checkpoint", "Checkpointer.save", 5),
+}
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_moments_then_resume_equals_uninterrupted(tmp_path, env):
+  straight = tmp_path / "straight"
+  assert run(sweep_cmd(env, straight, "--nofit"), env).returncode == 0
+  expected_csv, expected_params = (straight / "results.csv").read_text(), _final_params(straight)
+  for moment, (module, attribute, nth) in KILL_MOMENTS.items():
+    workdir = tmp_path / moment
+    killed = run([sys.executable, "-c", KILLER, module, attribute, str(nth), SMOKE,
+                  f"--workdir={workdir}", f"--compilation_cache={env['JSCALE_TEST_XLA_CACHE']}",
+                  "--nofit"], env)
+    assert killed.returncode == -signal.SIGKILL, (moment, killed.stderr[-2000:])
+    resumed = run(sweep_cmd(env, workdir, "--nofit"), env)
+    assert resumed.returncode == 0, (moment, resumed.stderr[-2000:])
+    assert (workdir / "results.csv").read_text() == expected_csv, moment
+    params = _final_params(workdir)
+    assert params.keys() == expected_params.keys()
+    for run_id, (step, leaves) in expected_params.items():
+      assert params[run_id][0] == step
+      for a, b in zip(params[run_id][1], leaves):
+        np.testing.assert_array_equal(a, b, err_msg=f"{moment} {run_id}")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path, env):
+  workdir = tmp_path / "w"
+  proc = subprocess.Popen(sweep_cmd(env, workdir, "--nofit", "--config.train.steps=400",
+                                    "--config.sweep.widths=(16,)"),
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  for line in proc.stdout:
+    if "step 8/400" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "preempted" in out
+  run_folder = next((workdir / "runs").iterdir())
+  steps = sorted(int(p.name) for p in (run_folder / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps and steps[-1] < 400 and not (run_folder / "result.json").exists()
+  resumed = run(sweep_cmd(env, workdir, "--nofit", "--config.train.steps=400",
+                          "--config.sweep.widths=(16,)"), env)
+  assert resumed.returncode == 0 and f"resumed at step {steps[-1]}" in resumed.stdout
+  assert json.loads((run_folder / "result.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_workdir_and_train_each_run_once(tmp_path, env):
+  workdir = tmp_path / "w"
+  procs = [subprocess.Popen(sweep_cmd(env, workdir, f"--worker={i}/2", "--nofit"), cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [o[1][-1000:] for o in outputs]
+  started = [{line.split()[2] for line in out.splitlines() if " start " in line}
+             for out, _ in outputs]
+  assert started[0] and started[1] and not started[0] & started[1]
+  assert len(started[0] | started[1]) == 3
+  for folder in (workdir / "runs").iterdir():
+    steps = [json.loads(l)["step"] for l in (folder / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["kind"] == "train"]
+    assert steps == list(range(1, 13))
+  assert len((workdir / "results.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, env):
+  workdir = tmp_path / "w"
+  result = run(sweep_cmd(env, workdir, "--nofit", "--config.sweep.learning_rates=(0.003,1e30)",
+                         "--config.train.clip_norm=0.0", "--config.sweep.widths=(8,)"), env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = (workdir / "results.csv").read_text().splitlines()[1:]
+  statuses = sorted(r.split(",")[2] for r in rows)
+  assert statuses == ["diverged", "done"]
+
+
+@pytest.mark.slow
+def test_editing_an_incomparable_field_is_refused(tmp_path, env):
+  workdir = tmp_path / "w"
+  assert run(sweep_cmd(env, workdir, "--nofit", "--config.sweep.widths=(8,)"), env).returncode == 0
+  grown = run(sweep_cmd(env, workdir, "--nofit", "--config.sweep.widths=(8,16)"), env)
+  assert grown.returncode == 0 and "1 finished already" in grown.stdout
+  changed = run(sweep_cmd(env, workdir, "--nofit", "--config.data.seq_len=64"), env)
+  assert changed.returncode == 2
+  assert "data.seq_len is 64 but the runs in" in changed.stderr
