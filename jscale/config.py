@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from jscale import compress
 from jscale import data as data_lib
 from jscale import models
 
@@ -58,6 +59,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 20  # steps between console progress lines
   c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look up the device
 
+  c.compress = ml_collections.ConfigDict()
+  # Passes applied in order, from "distill", "prune", "qat", "ptq" (a quantizer comes last).
+  c.compress.passes = ()
+  c.compress.ptq_eval_bits = ()  # also evaluate post-training quantization at these bits
+  c.compress.prune = ml_collections.ConfigDict()
+  c.compress.prune.sparsity = 0.5  # target fraction of zeros among prunable weights, [0, 1)
+  c.compress.prune.scope = "layer"  # "layer" (each kernel) or "global" (one threshold)
+  c.compress.prune.structure = "unstructured"  # or "n:m" (keep n of every m)
+  c.compress.prune.n = 2  # N:M pattern
+  c.compress.prune.m = 4
+  c.compress.prune.when = "gradual"  # "gradual" (cubic schedule) or "one_shot" (after training)
+  c.compress.prune.start_fraction = 0.25  # gradual schedule start, as a fraction of train.steps
+  c.compress.prune.end_fraction = 0.75  # gradual schedule end (target reached)
+  c.compress.prune.update_every = 10  # steps between mask updates
+  c.compress.prune.include = ""  # regex over parameter paths; "" = kernels with ndim > 1
+  for name in ("ptq", "qat"):
+    c.compress[name] = ml_collections.ConfigDict()
+    c.compress[name].bits = 8  # weight bits: 8 or 4
+    c.compress[name].activation_bits = 8  # dynamic per-token activation bits; 0 = float
+    c.compress[name].include = ""  # regex over kernel paths; "" = every kernel
+  c.compress.distill = ml_collections.ConfigDict()
+  c.compress.distill.teacher = ""  # a trained run's folder, or "run:<id>" in this workdir
+  c.compress.distill.temperature = 2.0  # softmax temperature T
+  c.compress.distill.weight = 0.5  # share of the teacher (soft) term, in [0, 1]
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 100  # steps between checkpoints (one is always written at the end)
   c.checkpoint.keep = 2  # newest checkpoints kept
@@ -96,12 +122,27 @@ class CheckpointSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillSpec:
+  """Distillation before its teacher is restored (the train loop restores it)."""
+  teacher: str
+  temperature: float
+  weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressSpec:
+  passes: tuple = ()  # compression passes and at most one DistillSpec, in order
+  ptq_eval_bits: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
   """Everything one training run needs, typed and validated."""
   model: Any  # a spec from jscale.models.FAMILIES
   data: data_lib.DataSpec
   train: TrainSpec
   checkpoint: CheckpointSpec
+  compress: CompressSpec = CompressSpec()
 
 
 def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
@@ -159,6 +200,27 @@ def _checkpoint_spec(c: ml_collections.ConfigDict) -> CheckpointSpec:
                         async_save=bool(c.async_save))
 
 
+def _compress_spec(c: ml_collections.ConfigDict, steps: int) -> CompressSpec:
+  known = ("distill", "prune", "qat", "ptq")
+  passes = []
+  for name in c.passes:
+    _require(name in known, "compress.passes", tuple(c.passes), f"a sequence of {known}")
+    fields = c[name].to_dict()
+    if name == "distill":
+      _require(bool(fields["teacher"]), "compress.distill.teacher", fields["teacher"],
+               "a trained run's folder or run:<id>")
+      passes.append(DistillSpec(**fields))
+      continue
+    if name == "prune":
+      fields["start_step"] = round(fields.pop("start_fraction") * steps)
+      fields["end_step"] = round(fields.pop("end_fraction") * steps)
+    passes.append(compress.make_pass(name, **fields))
+  compress.compose([p for p in passes if not isinstance(p, DistillSpec)])  # checks order
+  for bits in c.ptq_eval_bits:
+    compress.make_pass("ptq", bits=bits)  # validates the bit width
+  return CompressSpec(passes=tuple(passes), ptq_eval_bits=tuple(c.ptq_eval_bits))
+
+
 def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):
   """Builds the model spec; the dataset fixes vocabulary, context and input shape."""
   family = m.family
@@ -196,4 +258,5 @@ def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
         f"({dataset.kind} data); use transformer for text and mlp or cnn for images")
   return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
                  data=data_spec(config), train=train,
-                 checkpoint=_checkpoint_spec(config.checkpoint))
+                 checkpoint=_checkpoint_spec(config.checkpoint),
+                 compress=_compress_spec(config.compress, train.steps))

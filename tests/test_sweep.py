@@ -109,7 +109,7 @@ def test_dry_run_plans_and_trains_nothing(tmp_path, env):
 
 
 def _final_params(workdir):
-  from jscale.evaluate import load_run_config, restore_params  # noqa: PLC0415
+  from jscale.restore import load_run_config, restore_params  # noqa: PLC0415
   from jscale.sharding import data_parallel  # noqa: PLC0415
   out = {}
   for folder in sorted((workdir / "runs").iterdir()):

@@ -16,17 +16,7 @@ from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import data_parallel
 from jscale.train import init_state, make_train_step, train
 
-
-def tiny_config(**train_overrides):
-  c = config_lib.base_config()
-  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
-  c.data.name, c.data.seq_len = "synthetic_text", 16
-  c.train.steps, c.train.global_batch, c.train.warmup_steps = 12, 8, 2
-  c.train.eval_every, c.train.eval_batches, c.train.log_every = 6, 2, 6
-  c.checkpoint.every, c.checkpoint.keep, c.checkpoint.async_save = 4, 3, False
-  for key, value in train_overrides.items():
-    c.train[key] = value
-  return c
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

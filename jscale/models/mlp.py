@@ -82,18 +82,16 @@ class MLP(nn.Module):
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     s = self.spec
     dtype = spec_lib.compute_dtype(s)
-    x_BxI = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1)
-    fan_in = s.input_size
+    # [B, I] going in, [B, D] after the first layer.
+    hidden = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1)
     for i in range(s.depth):
-      x_BxD = nn.Dense(
+      hidden = nn.relu(nn.Dense(
           s.width, dtype=dtype,
-          kernel_init=nn.initializers.normal(math.sqrt(2 / fan_in)),
-          name=f"hidden_{i}")(x_BxI if i == 0 else x_BxD)
-      x_BxD = nn.relu(x_BxD)
-      fan_in = s.width
+          kernel_init=nn.initializers.normal(math.sqrt(2 / hidden.shape[-1])),
+          name=f"hidden_{i}")(hidden))
     logits_BxN = nn.Dense(
         s.num_classes, dtype=dtype,
         kernel_init=nn.initializers.normal(
             spec_lib.HEAD_LOGIT_STD / math.sqrt(s.width)),
-        name="head")(x_BxD)
+        name="head")(hidden)
     return logits_BxN.astype(jnp.float32)

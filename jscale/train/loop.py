@@ -16,7 +16,9 @@ import jax
 import numpy as np
 from etils import epath
 
+from jscale import compress
 from jscale import flops as flops_lib
+from jscale import restore
 from jscale.checkpoint import Checkpointer, abstract_like
 from jscale.config import RunSpec
 from jscale.metrics import MetricsLog, format_eta
@@ -25,7 +27,9 @@ from jscale.sharding import DataParallel, process_shard
 from jscale.train.step import init_state, make_eval_step, make_train_step
 
 LN2 = math.log(2.0)
-TRAIN_LOSS_WINDOW = 10  # final train loss = mean of the last this-many step losses
+TRAIN_LOSS_WINDOW = 10
+# Token/position embeddings and the output head are not "non-embedding" (Kaplan's N).
+TRANSFORMER_EMBEDDING_KEYS = ("token_embedding", "position_embedding", "head")  # final train loss = mean of the last this-many step losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,36 @@ def _eval_record(dataset, values: dict) -> dict:
   return record
 
 
+def _nonzero_non_embedding(spec, params) -> int:
+  """Non-embedding parameters that are not zero (pruning's effective model size)."""
+  zeros = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if spec.family != "transformer" or path[0].key not in TRANSFORMER_EMBEDDING_KEYS:
+      zeros += int(leaf.size - np.count_nonzero(np.asarray(leaf)))
+  return spec.param_counts().non_embedding - zeros
+
+
+def final_evaluation(run: RunSpec, compression, params, dataset, eval_batches: list,
+                     dp: DataParallel) -> dict:
+  """Validation numbers of the finished model: after post-training passes, with the
+  compression report, and post-training quantization at each ``ptq_eval_bits``."""
+  module = run.model.make_module()
+  final_params = compression.after_training(params)
+  record = _eval_record(dataset, evaluate(make_eval_step(module, dp, compression),
+                                          final_params, eval_batches, dp))
+  record.update(compression.report(final_params))
+  record["params_nonzero_non_embedding"] = _nonzero_non_embedding(run.model, params)
+  unquantized = compress.compose(
+      [p for p in compression.passes if p.name not in ("ptq", "qat")]).after_training(params)
+  for bits in run.compress.ptq_eval_bits:
+    ptq = compress.compose([compress.make_pass("ptq", bits=bits)])
+    quantized = ptq.after_training(unquantized)
+    values = evaluate(make_eval_step(module, dp, ptq), quantized, eval_batches, dp)
+    record[f"val_loss_int{bits}"] = values["loss"]
+    record[f"weight_bytes_int{bits}"] = compress.weight_report(quantized)["weight_bytes"]
+  return record
+
+
 def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
           should_stop: Callable[[], bool] = lambda: False,
           progress: Callable[[Progress], None] | None = None) -> dict:
@@ -82,9 +116,11 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
   progress = progress or print_progress(run_dir.name)
 
   module = run.model.make_module()
-  tx = make_optimizer(t)
-  train_step = make_train_step(module, tx, learning_rate_schedule(t), dp, t.grad_accum)
-  eval_step = make_eval_step(module, dp)
+  compression = restore.compression_for(run, run_dir, dp)
+  tx = compression.wrap_optimizer(make_optimizer(t))
+  train_step = make_train_step(module, tx, learning_rate_schedule(t), dp, t.grad_accum,
+                               compression)
+  eval_step = make_eval_step(module, dp, compression)
   eval_batches = dataset.eval_batches(t.global_batch, t.eval_batches)
   init = lambda: init_state(module, tx, run.model.dummy_inputs(1), t.seed)  # noqa: E731
 
@@ -157,8 +193,8 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
 
     final = {}
     if status == "done":
-      final = _eval_record(dataset, evaluate(eval_step, state.params, eval_batches, dp))
-      log.append("eval", t.steps, final)
+      final = final_evaluation(run, compression, state.params, dataset, eval_batches, dp)
+      log.append("eval", t.steps, {k: v for k, v in final.items() if k.startswith("val_")})
       save(t.steps, state)
     ckpt.wait()
     wall = wall_before + time.perf_counter() - t0

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jscale import compress
 from jscale.sharding import DataParallel
 
 
@@ -45,14 +46,25 @@ def _micro_batches(batch: dict, k: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def _apply_fn(module):
+  return lambda params, inputs: module.apply({"params": params}, inputs)
+
+
 def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    dp: DataParallel, grad_accum: int = 1) -> Callable:
-  """Returns jitted ``step(state, batch) -> (state, metrics)``."""
+                    dp: DataParallel, grad_accum: int = 1,
+                    compression: compress.Composed = compress.compose([])) -> Callable:
+  """Returns jitted ``step(state, batch) -> (state, metrics)``.
+
+  Every compression hook is applied (the identity when there is no compression), so a
+  configured pass cannot be skipped: the forward (fake-quant), the objective
+  (distillation) and the post-update transform (pruning masks). ``tx`` must already be
+  wrapped by ``compression.wrap_optimizer``.
+  """
+  apply = compression.wrap_apply(_apply_fn(module), training=True)
+  objective = compression.wrap_loss(lambda logits, b: cross_entropy(logits, b["targets"])[0])
 
   def loss_fn(params, batch):
-    logits = module.apply({"params": params}, batch["inputs"])
-    loss, _ = cross_entropy(logits, batch["targets"])
-    return loss
+    return objective(apply(params, batch["inputs"]), batch)
 
   def grads_and_loss(params, batch):
     if grad_accum == 1:
@@ -70,7 +82,8 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Sc
   def step(state: TrainState, batch: dict):
     loss, grads = grads_and_loss(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = compression.post_update(optax.apply_updates(state.params, updates), opt_state,
+                                     state.step)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "learning_rate": schedule(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -79,11 +92,14 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Sc
                  out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
 
 
-def make_eval_step(module, dp: DataParallel) -> Callable:
-  """Returns jitted ``eval_step(params, batch) -> {"loss", "accuracy"}`` (batch means)."""
+def make_eval_step(module, dp: DataParallel,
+                   compression: compress.Composed = compress.compose([])) -> Callable:
+  """Returns jitted ``eval_step(params, batch) -> {"loss", "accuracy"}`` (batch means);
+  params may be float or, after ``compression.after_training``, quantized."""
+  apply = compression.wrap_apply(_apply_fn(module), training=False)
 
   def eval_step(params, batch):
-    logits = module.apply({"params": params}, batch["inputs"])
+    logits = apply(params, batch["inputs"])
     loss, accuracy = cross_entropy(logits, batch["targets"])
     return {"loss": loss, "accuracy": accuracy}
 
