@@ -239,3 +239,27 @@ def test_editing_an_incomparable_field_is_refused(tmp_path, env):
   changed = run(sweep_cmd(env, workdir, "--nofit", "--config.data.seq_len=64"), env)
   assert changed.returncode == 2
   assert "data.seq_len is 64 but the runs in" in changed.stderr
+
+
+def test_compression_axes_and_students_are_planned_after_their_teacher():
+  c = smoke_config()
+  c.sweep.widths = (8, 16)
+  c.sweep.sparsities, c.sweep.precisions = (0.0, 0.5), ("float32", "int8-qat")
+  c.sweep.distill_from_largest = True
+  dataset = data_lib.load(config_lib.data_spec(c))
+  runs = plan_lib.plan_runs(c, dataset)
+  assert len(runs) == 2 * 2 * 2 + 1
+  passes = sorted(tuple(r.config.compress.passes) for r in runs)
+  assert passes.count(("prune", "qat")) == 2 and passes.count(("distill",)) == 1
+  student = runs[-1]
+  teacher = next(r for r in runs if r.run_id == student.teacher_id)
+  assert student.config.compress.distill.teacher == f"run:{teacher.run_id}"
+  assert teacher.config.model.width == 16 and not teacher.config.compress.passes
+  assert student.config.model.width == 8
+
+
+def test_unknown_precision_is_rejected():
+  c = smoke_config()
+  c.sweep.precisions = ("fp8",)
+  with pytest.raises(ValueError, match="sweep.precisions must hold values from"):
+    plan_lib.plan_runs(c, data_lib.load(config_lib.data_spec(c)))

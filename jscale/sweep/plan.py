@@ -34,6 +34,10 @@ def sweep_section() -> ml_collections.ConfigDict:
   s.seeds = ()  # train.seed values
   s.tokens = ()  # training tokens (or examples) per run; sets train.steps
   s.budgets = ()  # IsoFLOP: training FLOPs per run; each size trains D = C / flops_per_token
+  s.sparsities = ()  # gradual magnitude pruning targets; 0 = dense (compress.prune settings)
+  s.precisions = ()  # "float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq"
+  s.distill_from_largest = False  # add a student of each smaller dense size, taught by the
+  #                                 largest dense run of the sweep (compress.distill settings)
   s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
   s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
   return s
@@ -46,6 +50,7 @@ class PlannedRun:
   config: ml_collections.ConfigDict  # a complete run config
   spec: config_lib.RunSpec
   budget: float | None = None  # the IsoFLOP budget this run belongs to
+  teacher_id: str | None = None  # distilled students: the run that teaches them
 
   @property
   def flops(self) -> float:
@@ -90,8 +95,55 @@ def _steps_for(units: float, run: config_lib.RunSpec) -> int:
   return max(1, round(units / (run.train.global_batch * run.model.units_per_example)))
 
 
+PRECISIONS = ("float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq")
+
+
+def _apply_compression(c: ml_collections.ConfigDict, sparsity: float | None,
+                       precision: str | None) -> str:
+  """Sets one compression variant on a run config; returns its label suffix."""
+  label, passes = "", list(c.compress.passes)
+  if sparsity:
+    c.compress.prune.sparsity = sparsity
+    passes.insert(0, "prune")
+    label += f"-sparse{sparsity:g}"
+  if precision is not None:
+    if precision not in PRECISIONS:
+      raise ValueError(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
+    if precision == "bfloat16":
+      c.train.compute_dtype = "bfloat16"
+    elif precision != "float32":
+      bits, kind = precision.split("-")
+      c.compress[kind].bits = int(bits[len("int"):])
+      passes.append(kind)
+    label += f"-{precision}"
+  c.compress.passes = tuple(passes)
+  return label
+
+
+def _students(runs: list[PlannedRun], dataset) -> list[PlannedRun]:
+  """A distilled twin of every dense run but the largest, which teaches them."""
+  dense = [r for r in runs if not r.config.compress.passes
+           and r.config.train.compute_dtype == "float32"]
+  if len(dense) < 2:
+    raise ValueError("sweep.distill_from_largest needs at least two dense sizes, "
+                     f"got {len(dense)}")
+  teacher = max(dense, key=lambda r: r.flops)
+  students = []
+  for r in dense:
+    if r.spec.model.param_counts().total >= teacher.spec.model.param_counts().total:
+      continue
+    c = ml_collections.ConfigDict(r.config.to_dict())
+    c.compress.passes = ("distill",)
+    c.compress.distill.teacher = f"run:{teacher.run_id}"
+    students.append(PlannedRun(run_id=run_id(c), label=f"{r.label}-distilled", config=c,
+                               spec=config_lib.resolve(c, dataset), budget=r.budget,
+                               teacher_id=teacher.run_id))
+  return students
+
+
 def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
-  """Expands ``config.sweep`` into runs, smallest compute first."""
+  """Expands ``config.sweep`` into runs: smallest compute first, distilled students last
+  (after their teacher)."""
   s = config.sweep
   if s.tokens and s.budgets:
     raise ValueError("sweep.tokens and sweep.budgets are exclusive: give one of them, "
@@ -102,13 +154,16 @@ def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
   seeds = _axis(s.seeds, "seeds", int) or [config.train.seed]
   amounts = (_axis(s.budgets, "budgets", float) or _axis(s.tokens, "tokens", float)
              or [None])
+  sparsities = _axis(s.sparsities, "sparsities", float) or [None]
+  precisions = list(s.precisions) or [None]
   runs = []
-  for width, depth, rate, seed, amount in itertools.product(widths, depths, rates, seeds,
-                                                            amounts):
+  for width, depth, rate, seed, amount, sparsity, precision in itertools.product(
+      widths, depths, rates, seeds, amounts, sparsities, precisions):
     c = ml_collections.ConfigDict(run_config_dict(config))
     c.model.width, c.model.depth = width, depth
     c.train.learning_rate, c.train.seed = rate, seed
-    label = f"w{width}-d{depth}-lr{rate:g}-s{seed}"
+    label = f"w{width}-d{depth}-lr{rate:g}-s{seed}" + _apply_compression(c, sparsity,
+                                                                         precision)
     if amount is not None:
       spec = config_lib.resolve(c, dataset)
       if s.budgets:
@@ -128,10 +183,12 @@ def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
   if not runs:
     raise ValueError(f"the sweep plans no runs (every run is below sweep.min_steps="
                      f"{s.min_steps}); raise sweep.tokens or sweep.budgets")
+  if s.distill_from_largest:
+    runs += _students(runs, dataset)
   ids = [r.run_id for r in runs]
   if len(set(ids)) != len(ids):
     raise ValueError("the sweep lists the same run twice; remove duplicate axis values")
-  return sorted(runs, key=lambda r: (r.flops, r.label))
+  return sorted(runs, key=lambda r: (r.teacher_id is not None, r.flops, r.label))
 
 
 def parse_worker(text: str) -> tuple[int, int]:

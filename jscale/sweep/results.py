@@ -18,7 +18,9 @@ from jscale.metrics import write_text_atomic
 
 COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_rate", "seed",
            "budget", "steps", "params_total", "params_non_embedding", "tokens", "flops", "train_loss",
-           "val_loss", "val_bpb", "val_accuracy", "diverged_step")
+           "val_loss", "val_bpb", "val_accuracy", "diverged_step", "compress", "sparsity",
+           "compute_dtype", "teacher", "params_nonzero_non_embedding", "weight_bytes",
+           "val_loss_int8", "val_loss_int4", "weight_bytes_int8", "weight_bytes_int4")
 # Timings (wall time, tokens/s, MFU) stay in each result.json: the table holds only
 # deterministic numbers, so an interrupted and resumed sweep reproduces it bit for bit.
 
@@ -33,9 +35,15 @@ def read_result(path: epath.PathLike) -> dict | None:
 
 
 def row(run_id: str, config: dict, result: dict) -> dict:
+  passes = config["compress"]["passes"]
   values = dict(result, run_id=run_id, family=config["model"]["family"],
                 width=config["model"]["width"], depth=config["model"]["depth"],
-                learning_rate=config["train"]["learning_rate"], seed=config["train"]["seed"])
+                learning_rate=config["train"]["learning_rate"], seed=config["train"]["seed"],
+                compress="+".join(passes) or "none",
+                sparsity=config["compress"]["prune"]["sparsity"] if "prune" in passes else 0.0,
+                compute_dtype=config["train"]["compute_dtype"],
+                teacher=(config["compress"]["distill"]["teacher"] if "distill" in passes
+                         else None))
   return {k: ("" if values.get(k) is None else values[k]) for k in COLUMNS}
 
 

@@ -110,6 +110,20 @@ def _sweep_progress(label: str, remaining_flops: Callable[[], float], started: f
   return show
 
 
+def _wait_for_teacher(workdir: epath.Path, run: plan_lib.PlannedRun,
+                      poll_seconds: float = 10.0) -> dict | None:
+  """A student waits until its teacher (maybe another worker's run) has finished."""
+  if run.teacher_id is None:
+    return None
+  announced = False
+  while (result := read_result(run_dir(workdir, run.teacher_id))) is None:
+    if not announced:
+      print(f"{run.run_id} waits for its teacher {run.teacher_id} (another worker)", flush=True)
+      announced = True
+    time.sleep(poll_seconds)
+  return result
+
+
 def run_sweep(config, options: SweepOptions,
               should_stop: Callable[[], bool] = lambda: False) -> str:
   """Runs this worker's share of the sweep; returns 'done', 'waiting' or 'preempted'."""
@@ -136,7 +150,10 @@ def run_sweep(config, options: SweepOptions,
     print(f"[{n}/{len(todo)}] start {run.run_id} {run.label} "
           f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
           f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)", flush=True)
+    teacher = _wait_for_teacher(workdir, run)
     try:
+      if teacher is not None and teacher.get("status") != "done":
+        raise RuntimeError(f"teacher {run.teacher_id} ended {teacher.get('status')}")
       result = train(run.spec, dataset, folder, dp=dp, should_stop=should_stop,
                      progress=_sweep_progress(run.label, lambda: remaining[0], started,
                                               lambda: done_flops[0]))
