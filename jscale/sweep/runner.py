@@ -99,11 +99,13 @@ def print_plan(runs, dataset, dp, worker) -> None:
         "(plus compilation, about a second per run)")
 
 
-def _sweep_progress(label: str, remaining_flops: Callable[[], float], started: float,
+def _sweep_progress(label: str, flops_after_this_run: float, started: float,
                     flops_done: Callable[[], float]) -> Callable[[Progress], None]:
+  """Step lines with the run's ETA and the sweep's (this run's plus the rest at the
+  FLOP rate of the runs finished so far in this process)."""
   def show(p: Progress) -> None:
     rate = flops_done() / max(time.perf_counter() - started, 1e-9)
-    sweep_eta = remaining_flops() / rate if rate > 0 else float("nan")
+    sweep_eta = (p.run_eta_seconds + flops_after_this_run / rate) if rate > 0 else float("nan")
     print(f"  {label} step {p.step}/{p.steps} loss {p.loss:.4f} "
           f"{p.tokens_per_second:,.0f} tok/s eta {format_eta(p.run_eta_seconds)} "
           f"(sweep {format_eta(sweep_eta)})", flush=True)
@@ -155,7 +157,7 @@ def run_sweep(config, options: SweepOptions,
       if teacher is not None and teacher.get("status") != "done":
         raise RuntimeError(f"teacher {run.teacher_id} ended {teacher.get('status')}")
       result = train(run.spec, dataset, folder, dp=dp, should_stop=should_stop,
-                     progress=_sweep_progress(run.label, lambda: remaining[0], started,
+                     progress=_sweep_progress(run.label, remaining[0] - run.flops, started,
                                               lambda: done_flops[0]))
     except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
       if isinstance(e, ValueError):

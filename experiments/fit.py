@@ -1,0 +1,94 @@
+"""Fits a scaling law to a results table and writes fit.json (+ plots).
+
+  python -m experiments.fit --csv=../shared/data/chinchilla_epoch_replication.csv \
+    --law=chinchilla --n_col='Model Size' --c_col='Training FLOP' --loss_col=loss \
+    --drop_highest_loss=5 --bootstrap=100 --compute=5.76e23 --out=fit.json
+  python -m experiments.fit --workdir=workdir/lm_default   # a sweep's results.csv
+
+Wall time on the 2-core CPU dev box: a few seconds for the fit, about a
+minute more per 100 full-grid bootstrap resamples (notes/fit_build_notes.md).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from jscale import cli
+from jscale import fit as fit_lib
+from jscale.fit import table
+
+_CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: reads results.csv, writes fit.json and plots/.")
+_LAW = flags.DEFINE_string("law", None, "chinchilla, isoflop, kaplan_n, kaplan_d, kaplan_c, kaplan_nd "
+                           "(or any registered law); default chinchilla, or chosen from the sweep with --workdir.")
+_IRREDUCIBLE = flags.DEFINE_bool("irreducible", False, "Add the irreducible term E to kaplan_n/d/c.")
+_N_COL = flags.DEFINE_string("n_col", None, "Column of non-embedding parameters N.")
+_D_COL = flags.DEFINE_string("d_col", None, "Column of training tokens D.")
+_C_COL = flags.DEFINE_string("c_col", None, "Column of training FLOPs C (D = C / 6N when D is not given).")
+_LOSS_COL = flags.DEFINE_string("loss_col", "loss", "Column of final losses.")
+_DROP = flags.DEFINE_integer("drop_highest_loss", 0, "Drop the rows with the k highest losses.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples (0 for none).")
+_SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_COMPUTE = flags.DEFINE_float("compute", None, "FLOP budget for the compute-optimal allocation (chinchilla).")
+_DELTA = flags.DEFINE_float("huber_delta", 1e-3, "Huber threshold on log residuals.")
+_REDUCTION = flags.DEFINE_enum("reduction", "sum", ["sum", "mean"], "Sum or mean of per-point losses.")
+_FULL = flags.DEFINE_bool("all_starts_to_convergence", False, "Run every start to the end (no pruning).")
+_HOLDOUT_COL = flags.DEFINE_enum("holdout_covariate", None, ["N", "D", "C"], "Extrapolation check covariate.")
+_HOLDOUT_AT = flags.DEFINE_float("holdout_above", None, "Fit on points <= this value, report error above.")
+_OUT = flags.DEFINE_string("out", "fit.json", "Where to write fit.json (with --csv).")
+_PLOTS = flags.DEFINE_string("plots", None, "Directory for PNG plots (default: next to --out).")
+
+
+def _law_name() -> str:
+  law = _LAW.value or "chinchilla"
+  if _IRREDUCIBLE.value:
+    if law not in ("kaplan_n", "kaplan_d", "kaplan_c"):
+      raise ValueError(f"--irreducible applies to kaplan_n, kaplan_d or kaplan_c, got --law={law}")
+    law += "_irreducible"
+  if law != "isoflop":
+    fit_lib.registry.get(law)
+  return law
+
+
+def _columns(cells) -> dict[str, np.ndarray]:
+  if _C_COL.value and _D_COL.value:
+    raise ValueError(f"give --c_col or --d_col, not both (got {_C_COL.value!r} and {_D_COL.value!r})")
+  names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "loss": _LOSS_COL.value}
+  cols = {key: table.positive_column(cells, name) for key, name in names.items() if name}
+  if _DROP.value:
+    if not 0 <= _DROP.value < len(cols["loss"]):
+      raise ValueError(f"drop_highest_loss must be in [0, {len(cols['loss'])}), got {_DROP.value}")
+    keep = cols["loss"] < np.sort(cols["loss"])[-_DROP.value]
+    cols = {k: v[keep] for k, v in cols.items()}
+  return cols
+
+
+def main(argv):
+  del argv
+  if bool(_CSV.value) == bool(_WORKDIR.value):
+    raise ValueError("give exactly one of --csv or --workdir")
+  holdout = None
+  if (_HOLDOUT_COL.value is None) != (_HOLDOUT_AT.value is None):
+    raise ValueError("--holdout_covariate and --holdout_above go together")
+  if _HOLDOUT_COL.value:
+    holdout = (_HOLDOUT_COL.value, _HOLDOUT_AT.value)
+  if _WORKDIR.value:
+    law = _law_name() if _LAW.value else None
+    result = fit_lib.fit_sweep_results(os.path.join(_WORKDIR.value, "results.csv"), _WORKDIR.value,
+                                       bootstrap=_BOOTSTRAP.value, seed=_SEED.value, law=law)
+    print(fit_lib.summary(result))
+    return
+  law = _law_name()
+  cols = _columns(table.read_csv(_CSV.value))
+  result = fit_lib.fit(law, cols, huber_delta=_DELTA.value, bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
+                       compute=_COMPUTE.value, reduction=_REDUCTION.value, prune=not _FULL.value,
+                       holdout=holdout)
+  fit_lib.write_json(result, _OUT.value)
+  fit_lib.plot_fit(result, _PLOTS.value or os.path.join(os.path.dirname(os.path.abspath(_OUT.value)), "plots"))
+  print(fit_lib.summary(result))
+
+
+if __name__ == "__main__":
+  app.run(cli.run_main(main))

@@ -1,0 +1,31 @@
+"""Seeded bootstrap: resampling with replacement as integer point weights.
+
+A resample of n points is a multinomial count vector; weighting the objective
+by it is the same as refitting the resampled table, and keeps every resample
+the same shape so all of them are refitted in one vmapped program.
+"""
+
+import numpy as np
+
+PERCENTILES = (2.5, 10.0, 50.0, 90.0, 97.5)
+
+
+def resample_weights(n_points: int, n_resamples: int, seed: int) -> np.ndarray:
+  """(B, n) multiplicities of n points drawn n times with replacement, B times."""
+  rng = np.random.default_rng(seed)
+  return rng.multinomial(n_points, np.full(n_points, 1.0 / n_points), size=n_resamples).astype(np.float64)
+
+
+def interval(samples: np.ndarray) -> dict[str, float]:
+  """Standard deviation and percentile interval of bootstrap samples."""
+  samples = np.asarray(samples, np.float64)
+  finite = samples[np.isfinite(samples)]
+  out = {"sd": float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")}
+  for p in PERCENTILES:
+    out[f"p{p:g}"] = float(np.percentile(finite, p)) if finite.size else float("nan")
+  return out
+
+
+def summarise(samples: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+  """``interval`` for every named sample array."""
+  return {name: interval(values) for name, values in samples.items()}

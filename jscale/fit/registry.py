@@ -1,0 +1,160 @@
+"""Registry of law families: adding a law is one ``register(Law(...))`` call.
+
+A ``Law`` carries everything the fitter needs and nothing else: the pure law
+function, parameter names and which are fitted in log space, the multi-start
+grid, the bounds, and how to centre the covariates (an exact
+reparameterisation that makes the problem far better conditioned).
+"""
+
+import dataclasses
+import itertools
+from typing import Callable, Mapping
+
+import numpy as np
+
+from jscale.fit import laws
+
+
+@dataclasses.dataclass(frozen=True)
+class Shift:
+  """Centring rule: ``theta[param] -= mean(log covariate) * (theta[exponent] or 1)``."""
+  param: int
+  covariate: str
+  exponent: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Law:
+  """One law family.
+
+  Attributes:
+    name: registry key, e.g. "chinchilla".
+    covariates: covariate names the law reads ("N", "D", "C", "S", ...).
+    param_names: names of the fitted parameters (``theta`` order).
+    log_space: per parameter, True when the fitted value is the natural log of
+      the reported one (reported under ``natural_names``).
+    natural_names: names of the reported parameters in natural units.
+    grid: per parameter, the start values; the start grid is their product.
+    bounds: per parameter (low, high); the objective is infinite outside.
+    log_predict: pure ``(theta, log_x mapping) -> log L_hat``.
+    shifts: centring rules (see ``Shift``).
+    exponents: names of the parameters reported as exponents (summary order).
+  """
+  name: str
+  covariates: tuple[str, ...]
+  param_names: tuple[str, ...]
+  log_space: tuple[bool, ...]
+  natural_names: tuple[str, ...]
+  grid: tuple[tuple[float, ...], ...]
+  bounds: tuple[tuple[float, float], ...]
+  log_predict: Callable
+  shifts: tuple[Shift, ...] = ()
+  exponents: tuple[str, ...] = ()
+
+  @property
+  def n_params(self) -> int:
+    return len(self.param_names)
+
+  def start_grid(self) -> np.ndarray:
+    """All combinations of the per-parameter grid values, shape (starts, params)."""
+    return np.array(list(itertools.product(*self.grid)), dtype=np.float64)
+
+  def natural(self, theta) -> dict[str, float]:
+    """Fitted vector -> named parameters in natural units."""
+    return {name: float(np.exp(v)) if is_log else float(v)
+            for name, v, is_log in zip(self.natural_names, np.asarray(theta), self.log_space)}
+
+  def shift(self, theta_SxP: np.ndarray, log_means: Mapping[str, float], sign: float) -> np.ndarray:
+    """Moves parameters to (sign=-1) or from (sign=+1) centred covariates."""
+    out = np.array(theta_SxP, dtype=np.float64)
+    for rule in self.shifts:
+      scale = 1.0 if rule.exponent is None else out[..., rule.exponent]
+      out[..., rule.param] += sign * scale * log_means[rule.covariate]
+    return out
+
+
+_REGISTRY: dict[str, Law] = {}
+
+
+def register(law: Law) -> Law:
+  """Adds a law family; its name must be new."""
+  if law.name in _REGISTRY:
+    raise ValueError(f"law {law.name!r} is already registered")
+  if not (len(law.param_names) == len(law.log_space) == len(law.natural_names)
+          == len(law.grid) == len(law.bounds)):
+    raise ValueError(f"law {law.name!r}: names, log_space, grid and bounds must have one entry per parameter")
+  _REGISTRY[law.name] = law
+  return law
+
+
+def get(name: str) -> Law:
+  """Looks a law up by name."""
+  if name not in _REGISTRY:
+    raise ValueError(f"law must be one of {sorted(_REGISTRY)}, got {name!r}")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+_EXPONENT_BOUNDS = (-5.0, 10.0)
+_COEF_BOUNDS = (-100.0, 200.0)
+_LOG_XC_GRID = tuple(float(v) for v in range(5, 75, 5))
+_ALPHA_GRID = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+_LOG_E_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+register(Law(
+    name="chinchilla",
+    covariates=("N", "D"),
+    param_names=("a", "b", "e", "alpha", "beta"),
+    log_space=(True, True, True, False, False),
+    natural_names=("A", "B", "E", "alpha", "beta"),
+    grid=((0., 5., 10., 15., 20., 25.), (0., 5., 10., 15., 20., 25.),
+          (-1., -0.5, 0., 0.5, 1.), (0., 0.5, 1., 1.5, 2.), (0., 0.5, 1., 1.5, 2.)),
+    bounds=(_COEF_BOUNDS, _COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, _EXPONENT_BOUNDS),
+    log_predict=laws.two_covariates(laws.chinchilla),
+    shifts=(Shift(0, "N", exponent=3), Shift(1, "D", exponent=4)),
+    exponents=("alpha", "beta"),
+))
+
+for _var in ("N", "D", "C"):
+  _low = _var.lower()
+  register(Law(
+      name=f"kaplan_{_low}",
+      covariates=(_var,),
+      param_names=(f"log_{_var}_c", f"alpha_{_var}"),
+      log_space=(True, False),
+      natural_names=(f"{_var}_c", f"alpha_{_var}"),
+      grid=(_LOG_XC_GRID, _ALPHA_GRID),
+      bounds=(_COEF_BOUNDS, _EXPONENT_BOUNDS),
+      log_predict=laws.single_covariate(laws.power_law, _var),
+      shifts=(Shift(0, _var),),
+      exponents=(f"alpha_{_var}",),
+  ))
+  register(Law(
+      name=f"kaplan_{_low}_irreducible",
+      covariates=(_var,),
+      param_names=("e", f"log_{_var}_c", f"alpha_{_var}"),
+      log_space=(True, True, False),
+      natural_names=("E", f"{_var}_c", f"alpha_{_var}"),
+      grid=(_LOG_E_GRID, _LOG_XC_GRID, _ALPHA_GRID),
+      bounds=(_COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS),
+      log_predict=laws.single_covariate(laws.power_law_irreducible, _var),
+      shifts=(Shift(1, _var),),
+      exponents=(f"alpha_{_var}",),
+  ))
+
+register(Law(
+    name="kaplan_nd",
+    covariates=("N", "D"),
+    param_names=("log_N_c", "log_D_c", "alpha_N", "alpha_D"),
+    log_space=(True, True, False, False),
+    natural_names=("N_c", "D_c", "alpha_N", "alpha_D"),
+    grid=(tuple(float(v) for v in range(10, 80, 10)), tuple(float(v) for v in range(10, 80, 10)),
+          (0.05, 0.1, 0.2, 0.4), (0.05, 0.1, 0.2, 0.4)),
+    bounds=(_COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, (1e-3, 10.0)),
+    log_predict=laws.two_covariates(laws.kaplan_nd),
+    shifts=(Shift(0, "N"), Shift(1, "D")),
+    exponents=("alpha_N", "alpha_D"),
+))

@@ -1,0 +1,114 @@
+"""The fit result, its fit.json form, and a readable summary."""
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """Everything a fit produced; ``to_json`` gives the documented fit.json dict.
+
+  ``columns`` (the fitted data) and ``theta`` travel with the result for
+  plotting and are not part of fit.json.
+  """
+  law: str
+  params: dict[str, Any]
+  log_params: dict[str, float]
+  objective: float | None
+  n_points: int
+  converged: bool
+  starts_at_best: int | None
+  diagnostics: dict[str, Any]
+  bootstrap: dict[str, Any]
+  allocation: dict[str, float] | None = None
+  extrapolation: dict[str, Any] | None = None
+  notes: tuple[str, ...] = ()
+  columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+  theta: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+  def to_json(self) -> dict[str, Any]:
+    out = {"law": self.law, "params": self.params, "log_params": self.log_params,
+           "objective": self.objective, "n_points": self.n_points, "converged": self.converged,
+           "starts_at_best": self.starts_at_best, "diagnostics": self.diagnostics,
+           "bootstrap": self.bootstrap, "notes": list(self.notes)}
+    if self.law == "isoflop":
+      out.update(n_opt=self.params["n_opt"], d_opt=self.params["d_opt"])
+    if self.allocation is not None:
+      out["allocation"] = self.allocation
+    if self.extrapolation is not None:
+      out["extrapolation"] = self.extrapolation
+    return _plain(out)
+
+
+def _plain(value):
+  """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
+  if isinstance(value, dict):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, (np.floating, float)):
+    return float(value) if np.isfinite(value) else None
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, np.bool_):
+    return bool(value)
+  return value
+
+
+def write_json(result: FitResult, path: str) -> None:
+  """Writes fit.json atomically (temp file in the same directory, then rename)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fit-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(result.to_json(), f, indent=2, sort_keys=False)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _with_interval(name: str, value: float, stats: dict | None) -> str:
+  if not stats or stats.get("p2.5") is None:
+    return f"{name} = {value:.6g}"
+  return (f"{name} = {value:.6g}  (95% {stats['p2.5']:.4g} .. {stats['p97.5']:.4g}, "
+          f"sd {stats['sd']:.3g})")
+
+
+def summary(result: FitResult) -> str:
+  """Readable report: exponents and allocation with bootstrap intervals."""
+  boot = result.bootstrap.get("params", {}) if result.bootstrap else {}
+  lines = [f"law: {result.law}   points: {result.n_points}"]
+  if result.law == "isoflop":
+    for key in ("n_opt", "d_opt"):
+      law = result.params[key]
+      stats = law.get("bootstrap", {})
+      lines.append(f"{key}(C) = {law['coef']:.4g} * C^{law['exponent']:.4f}   "
+                   + _with_interval("exponent", law["exponent"], stats.get("exponent")))
+  else:
+    for name, value in result.params.items():
+      lines.append("  " + _with_interval(name, value, boot.get(name)))
+    lines.append(f"objective {result.objective:.9g}   converged {result.converged}   "
+                 f"starts at best {result.starts_at_best}/{result.diagnostics.get('n_finishers')} "
+                 f"finishers of {result.diagnostics.get('n_starts')} starts")
+  if result.allocation:
+    alloc = result.allocation
+    ab = result.bootstrap.get("allocation", {}) if result.bootstrap else {}
+    lines.append(f"at C = {alloc['compute']:.4g} FLOPs:")
+    for key in ("n_opt", "d_opt", "tokens_per_param", "a_share", "b_share"):
+      lines.append("  " + _with_interval(key, alloc[key], ab.get(key)))
+  if result.extrapolation:
+    ex = result.extrapolation
+    lines.append(f"extrapolation: fitted {ex['n_fit']} points with {ex['covariate']} <= {ex['threshold']:.4g}; "
+                 f"held-out {ex['n_held_out']}: mean |rel. error| {ex['mean_abs_rel_error']:.4g}, "
+                 f"max {ex['max_abs_rel_error']:.4g}")
+  lines.extend(f"note: {note}" for note in result.notes)
+  return "\n".join(lines)

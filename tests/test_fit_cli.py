@@ -1,0 +1,140 @@
+"""End-to-end runs of experiments/fit.py and fit_sweep_results, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jscale import fit as fit_lib
+from tests.test_fit_data import CHINCHILLA_CSV, epoch_points
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _write_csv(path, header, rows):
+  with open(path, "w") as f:
+    f.write(",".join(header) + "\n")
+    for row in rows:
+      f.write(",".join(str(v) for v in row) + "\n")
+
+
+def _sweep_csv(path, tokens, n_values, extra_rows=()):
+  rows = []
+  for i, (n, d) in enumerate(zip(n_values, tokens)):
+    loss = 1.7 + 400 / n**0.34 + 410 / d**0.28
+    rows.append([i, "done", "lm", 64, 2, n * 1.2, n, d, 6 * n * d, loss, loss])
+  rows.extend(extra_rows)
+  _write_csv(path, ["run_id", "status", "family", "width", "depth", "params_total", "params_non_embedding",
+                    "tokens", "flops", "train_loss", "val_loss"], rows)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--n_col=Model Size", "--c_col=nope"], "columns are"),
+    (["--n_col=Model Size", "--c_col=Training FLOP", "--d_col=x"], "not both"),
+    (["--law=nonsense", "--n_col=Model Size", "--c_col=Training FLOP"], "law must be one of"),
+])
+def test_bad_input_exits_2_without_output(tmp_path, args, needle):
+  if not CHINCHILLA_CSV.exists():
+    pytest.skip(f"shared data not found at {CHINCHILLA_CSV}")
+  out = tmp_path / "fit.json"
+  proc = _run(f"--csv={CHINCHILLA_CSV}", f"--out={out}", "--bootstrap=0", *args, cwd=REPO)
+  assert proc.returncode == 2
+  assert needle in proc.stderr
+  assert len(proc.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in proc.stderr
+  assert not out.exists()
+
+
+def test_non_positive_values_name_the_rows(tmp_path):
+  path = tmp_path / "t.csv"
+  _write_csv(path, ["N", "D", "loss"], [[1e8, 1e9, 3.0], [-1, 1e9, 3.0], [1e9, 1e10, float("nan")]])
+  out = tmp_path / "fit.json"
+  proc = _run(f"--csv={path}", "--law=kaplan_n", "--n_col=N", f"--out={out}", "--bootstrap=0", cwd=REPO)
+  assert proc.returncode == 2 and "row 1" in proc.stderr and not out.exists()
+  proc = _run(f"--csv={path}", "--law=kaplan_nd", "--n_col=N", "--d_col=D", "--loss_col=loss",
+              f"--out={out}", "--bootstrap=0", cwd=REPO)
+  assert proc.returncode == 2 and "row 1" in proc.stderr and not out.exists()
+
+
+def test_fewer_points_than_parameters_is_an_error():
+  with pytest.raises(ValueError, match="5 parameters but only 4 points"):
+    fit_lib.fit("chinchilla", {"N": np.array([1e8, 2e8, 4e8, 8e8]), "D": np.array([1e9, 3e9, 2e9, 9e9]),
+                               "loss": np.array([3.0, 2.9, 2.8, 2.7])}, bootstrap=0)
+
+
+@pytest.mark.slow
+def test_sweep_with_varying_tokens_fits_chinchilla_and_writes_outputs(tmp_path):
+  rng = np.random.default_rng(0)
+  n = np.geomspace(1e6, 1e8, 8)
+  tokens = rng.choice([2e7, 8e7, 3e8], size=8)
+  _sweep_csv(tmp_path / "results.csv", tokens, n, extra_rows=[[99, "diverged", "lm", 1, 1, 1, 1, 1, 1, "", ""]])
+  result = fit_lib.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=4, seed=1)
+  assert result.law == "chinchilla" and result.n_points == 8
+  written = json.loads((tmp_path / "fit.json").read_text())
+  assert written["law"] == "chinchilla" and set(written["params"]) == {"A", "B", "E", "alpha", "beta"}
+  assert any("excluded 1" in note for note in written["notes"])
+  assert (tmp_path / "plots" / "fit.png").stat().st_size > 0
+  assert "alpha" in fit_lib.summary(result)
+
+
+def test_sweep_with_fixed_tokens_fits_l_of_n(tmp_path):
+  _sweep_csv(tmp_path / "results.csv", [1e9] * 7, np.geomspace(1e6, 1e8, 7))
+  result = fit_lib.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0)
+  assert result.law == "kaplan_n_irreducible"
+  assert json.loads((tmp_path / "fit.json").read_text())["law"] == "kaplan_n_irreducible"
+
+
+def test_isoflop_recovers_frontier_exponents():
+  budgets = np.geomspace(1e18, 1e21, 5)
+  params = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
+  n, c = [], []
+  for budget in budgets:
+    n_opt = fit_lib.api.allocation_lib.chinchilla_allocation(params, budget).n_opt
+    grid = n_opt * np.geomspace(0.5, 2.0, 9)
+    n.extend(grid)
+    c.extend([budget] * len(grid))
+  n, c = np.asarray(n), np.asarray(c)
+  loss = fit_lib.api.allocation_lib.chinchilla_loss(params, n, c / (6 * n))
+  result = fit_lib.fit("isoflop", {"N": n, "C": c, "loss": loss}, bootstrap=20)
+  out = result.to_json()
+  # A parabola in log N is only approximately the profile's shape: exponent to 1e-2.
+  assert out["n_opt"]["exponent"] == pytest.approx(0.37 / 0.72, abs=1e-2)
+  assert out["d_opt"]["exponent"] == pytest.approx(0.35 / 0.72, abs=1e-2)
+  assert out["n_opt"]["bootstrap"]["exponent"]["sd"] >= 0
+
+
+@pytest.mark.slow
+def test_cli_chinchilla_end_to_end(tmp_path):
+  if not CHINCHILLA_CSV.exists():
+    pytest.skip(f"shared data not found at {CHINCHILLA_CSV}")
+  out = tmp_path / "fit.json"
+  proc = _run(f"--csv={CHINCHILLA_CSV}", "--law=chinchilla", "--n_col=Model Size", "--c_col=Training FLOP",
+              "--loss_col=loss", "--drop_highest_loss=5", "--bootstrap=8", "--compute=5.76e23",
+              f"--out={out}", cwd=REPO)
+  assert proc.returncode == 0, proc.stderr
+  written = json.loads(out.read_text())
+  for key in ("law", "params", "log_params", "objective", "n_points", "converged", "starts_at_best",
+              "bootstrap", "allocation"):
+    assert key in written
+  assert written["n_points"] == 240
+  assert written["params"]["alpha"] == pytest.approx(0.3473, abs=5e-4)
+  assert 17 < written["allocation"]["tokens_per_param"] < 19
+  assert (tmp_path / "plots" / "frontier.png").exists()
+  assert "a_share" in proc.stdout
+
+
+@pytest.mark.slow
+def test_extrapolation_check_reports_held_out_error():
+  data = epoch_points()
+  result = fit_lib.fit("chinchilla", data, bootstrap=0, holdout=("C", 1e21))
+  ex = result.extrapolation
+  assert ex["n_fit"] + ex["n_held_out"] == 240 and ex["n_held_out"] > 0
+  assert 0 < ex["mean_abs_rel_error"] < 0.05
