@@ -48,12 +48,21 @@ def _finite_or_none(value):
 
 
 class MetricsLog:
-  """Append-only JSONL of {"step", "kind", ...} records."""
+  """Append-only JSONL of {"step", "kind", ...} records.
+
+  Object stores (``gs://``) cannot append: there records are buffered and the whole file
+  is rewritten by :meth:`flush` (the loop flushes before each checkpoint and at the end).
+  """
 
   def __init__(self, path: epath.PathLike):
     self._path = epath.Path(path)
+    self._buffer = None
+    if not _is_local(self._path):
+      self._buffer = self.records()
 
   def records(self) -> list[dict]:
+    if self._buffer is not None:
+      return list(self._buffer)
     if not self._path.exists():
       return []
     lines = self._path.read_text().splitlines()
@@ -61,14 +70,27 @@ class MetricsLog:
 
   def truncate_after(self, step: int) -> None:
     kept = [r for r in self.records() if r["step"] <= step]
-    write_text_atomic(self._path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    if self._buffer is not None:
+      self._buffer = kept
+    write_text_atomic(self._path, "".join(_line(r) for r in kept))
 
   def append(self, kind: str, step: int, values: dict) -> None:
     record = {"kind": kind, "step": int(step)}
     record.update({k: _finite_or_none(v) if isinstance(v, float) else v
                    for k, v in values.items()})
+    if self._buffer is not None:
+      self._buffer.append(record)
+      return
     with self._path.open("a") as f:
-      f.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
+      f.write(_line(record))
+
+  def flush(self) -> None:
+    if self._buffer is not None:
+      write_text_atomic(self._path, "".join(_line(r) for r in self._buffer))
+
+
+def _line(record: dict) -> str:
+  return json.dumps(record, sort_keys=True, default=_jsonable) + "\n"
 
 
 def format_eta(seconds: float) -> str:

@@ -38,7 +38,21 @@ def _frontier(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
   return tuple(np.array(v) for v in zip(*front)) if front else (np.array([]), np.array([]))
 
 
-def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path) -> None:
+def _fitted_frontier(fx: np.ndarray, fy: np.ndarray):
+  """L(C) = E + (C_c / C)^alpha fitted to the frontier points, or None if too few."""
+  from jscale import fit as fit_lib  # noqa: PLC0415
+
+  if fx.size < 4:
+    return None
+  try:
+    return fit_lib.fit("kaplan_c_irreducible", {"C": fx, "loss": fy}, bootstrap=0)
+  except ValueError:
+    return None
+
+
+def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path):
+  """Eval curves per run, their lower envelope and the L(C) law fitted to it; returns
+  that fit (or None)."""
   fig, ax = plt.subplots(figsize=(7, 5))
   curves = []
   for run in runs:
@@ -50,29 +64,35 @@ def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path) -> None:
     ax.plot(xs, ys, "o-", ms=3, lw=1,
             label=f"{run.label} N={result['params_non_embedding']:,}")
   fx, fy = _frontier(curves)
+  frontier_fit = _fitted_frontier(fx, fy)
   if fx.size:
-    ax.plot(fx, fy, "k--", lw=1.5, label="frontier (lower envelope)")
+    ax.plot(fx, fy, "k.", ms=4, label="frontier points (lower envelope)")
+  if frontier_fit is not None:
+    p = frontier_fit.params
+    grid = np.geomspace(fx.min(), fx.max(), 100)
+    ax.plot(grid, p["E"] + (p["C_c"] / grid) ** p["alpha_C"], "k-", lw=1.5,
+            label=f"fitted frontier E + (C_c/C)^{p['alpha_C']:.3f}")
   ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="validation loss (nats)",
          title="Validation loss vs compute")
   ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+  return frontier_fit
 
 
-def plot_loss_vs_params(rows: list[dict], path: epath.Path, fitted=None) -> None:
-  """Final validation loss against non-embedding parameters (and the fitted law)."""
+def plot_loss_vs_params(rows: list[dict], path: epath.Path) -> None:
+  """Final validation loss against non-embedding parameters, one series per token count
+  and compression variant (the fitted law's own plot is the fitter's)."""
   fig, ax = plt.subplots(figsize=(7, 5))
-  by_tokens = collections.defaultdict(list)
+  series = collections.defaultdict(list)
   for r in rows:
-    by_tokens[r["tokens"]].append((r["params_non_embedding"], r["val_loss"]))
-  for tokens, points in sorted(by_tokens.items()):
+    series[(r["tokens"], r.get("compress", "none"))].append(
+        (r["params_nonzero_non_embedding"], r["val_loss"]))
+  for (tokens, variant), points in sorted(series.items()):
     n, loss = zip(*sorted(points))
-    ax.plot(n, loss, "o", label=f"D={tokens:.3g} tokens")
-  if fitted is not None:
-    n_grid, loss_grid, name = fitted
-    ax.plot(n_grid, loss_grid, "k-", lw=1, label=name)
-  ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
+    ax.plot(n, loss, "o-", ms=4, lw=0.8, label=f"D={tokens:.3g} {variant}")
+  ax.set(xscale="log", yscale="log", xlabel="non-zero non-embedding parameters N",
          ylabel="validation loss (nats)", title="Validation loss vs model size")
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -105,7 +125,7 @@ def _done_rows(workdir: epath.Path, runs) -> list[dict]:
   return rows
 
 
-def write_report(workdir: epath.PathLike, runs, *, bootstrap: int) -> dict | None:
+def write_report(workdir: epath.PathLike, runs, *, bootstrap: int):
   """Fits the sweep's results, writes fit.json and the plots; returns the fit summary."""
   from jscale import fit as fit_lib  # the fitter compiles float64 programs: import late
 
@@ -116,18 +136,21 @@ def write_report(workdir: epath.PathLike, runs, *, bootstrap: int) -> dict | Non
   excluded = len(runs) - len(rows)
   if excluded:
     print(f"fit: {excluded} runs excluded (diverged or failed)")
-  fitted = None
+  result = None
   try:
-    result = fit_lib.fit_sweep_results(workdir / "results.csv", workdir,
+    result = fit_lib.fit_sweep_results(str(workdir / "results.csv"), str(workdir),
                                        bootstrap=bootstrap, seed=0)
     print(fit_lib.summary(result), flush=True)
-    fitted = fit_lib.curve_over_n(result, [r["params_non_embedding"] for r in rows])
   except ValueError as e:
     print(f"fit: not fitted ({e})", flush=True)
-  plot_loss_vs_compute(workdir, runs, plots / "loss_vs_compute.png")
-  plot_loss_vs_params(rows, plots / "loss_vs_params.png", fitted)
+  frontier = plot_loss_vs_compute(workdir, runs, plots / "loss_vs_compute.png")
+  if frontier is not None:
+    p = frontier.params
+    print(f"compute frontier: L(C) = {p['E']:.4g} + ({p['C_c']:.4g} / C)^{p['alpha_C']:.4f} "
+          f"fitted to {frontier.n_points} lower-envelope points", flush=True)
+  plot_loss_vs_params(rows, plots / "loss_vs_params.png")
   budgets = {r.run_id: r.budget for r in runs if r.budget is not None}
   if budgets:
     plot_isoflop([r for r in rows if r["run_id"] in budgets], budgets,
                  plots / "isoflop.png")
-  return fitted
+  return result

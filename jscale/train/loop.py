@@ -148,6 +148,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
       if saved[-1] == step:
         return
       saved.append(step)
+      log.flush()
       ckpt.save(step, state, {"step": step, "data_position": step, "seed": t.seed,
                               "wall_seconds": wall_before + time.perf_counter() - t0})
 
@@ -196,6 +197,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
       final = final_evaluation(run, compression, state.params, dataset, eval_batches, dp)
       log.append("eval", t.steps, {k: v for k, v in final.items() if k.startswith("val_")})
       save(t.steps, state)
+    log.flush()
     ckpt.wait()
     wall = wall_before + time.perf_counter() - t0
 

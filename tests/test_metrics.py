@@ -1,0 +1,38 @@
+"""The per-run metrics log and atomic files."""
+
+import json
+
+import pytest
+
+from jscale import metrics
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_log_appends_truncates_and_reads_back(tmp_path, monkeypatch, local):
+  monkeypatch.setattr(metrics, "_is_local", lambda path: local)  # False: object-store mode
+  path = tmp_path / "metrics.jsonl"
+  log = metrics.MetricsLog(path)
+  for step in range(1, 6):
+    log.append("train", step, {"loss": 1.0 / step})
+  log.append("train", 6, {"loss": float("nan")})
+  log.flush()
+  assert [r["step"] for r in metrics.MetricsLog(path).records()] == [1, 2, 3, 4, 5, 6]
+  assert json.loads(path.read_text().splitlines()[-1])["loss"] is None  # valid JSON, no NaN
+  log.truncate_after(3)
+  log.append("eval", 4, {"val_loss": 0.5})
+  log.flush()
+  assert [(r["kind"], r["step"]) for r in metrics.MetricsLog(path).records()] == [
+      ("train", 1), ("train", 2), ("train", 3), ("eval", 4)]
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+  metrics.write_json_atomic(tmp_path / "a" / "result.json", {"x": 1})
+  metrics.write_json_atomic(tmp_path / "a" / "result.json", {"x": 2})
+  assert json.loads((tmp_path / "a" / "result.json").read_text()) == {"x": 2}
+  assert [p.name for p in (tmp_path / "a").iterdir()] == ["result.json"]
+
+
+def test_eta_format():
+  assert metrics.format_eta(75) == "1m15s"
+  assert metrics.format_eta(3 * 3600 + 60) == "3h01m"
+  assert metrics.format_eta(float("nan")) == "?"
