@@ -36,9 +36,14 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(spec: TrainSpec) -> optax.GradientTransformation:
-  adamw = optax.adamw(learning_rate_schedule(spec), b1=spec.b1, b2=spec.b2, eps=spec.eps,
-                      weight_decay=spec.weight_decay, mask=decay_mask)
+def make_optimizer(spec: TrainSpec, learning_rate: optax.Schedule | None = None,
+                   weight_decay=None) -> optax.GradientTransformation:
+  """AdamW of ``spec``; ``learning_rate`` (a schedule) and ``weight_decay`` override the
+  spec's, which is how model-batched training passes per-run (traced) values."""
+  adamw = optax.adamw(learning_rate or learning_rate_schedule(spec), b1=spec.b1, b2=spec.b2,
+                      eps=spec.eps,
+                      weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
+                      mask=decay_mask)
   if spec.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(spec.clip_norm), adamw)
   return adamw

@@ -205,6 +205,19 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
   steps_done = diverged_step or t.steps
   timed_steps = (steps_done - timed_from[0]) if timed_from else 0
   timed_seconds = (time.perf_counter() - timed_from[1]) if timed_from else 0.0
+  return result_record(run, dataset, dp, status=status, diverged_step=diverged_step,
+                       final=final, train_losses=train_losses, wall_seconds=wall,
+                       timed_steps=timed_steps, timed_seconds=timed_seconds)
+
+
+def result_record(run: RunSpec, dataset, dp: DataParallel, *, status: str,
+                  diverged_step: int | None, final: dict, train_losses: list[float],
+                  wall_seconds: float, timed_steps: int, timed_seconds: float) -> dict:
+  """A finished run's result.json record (shared by single and model-batched training)."""
+  t = run.train
+  steps_done = diverged_step or t.steps
+  flops_per_step = flops_lib.train_flops_per_step(run.model, t.global_batch)
+  units_per_step = t.global_batch * run.model.units_per_example
   flops_per_second = flops_per_step * timed_steps / timed_seconds if timed_steps else None
   device = jax.devices()[0]
   peak = t.peak_flops or flops_lib.peak_flops_per_device(device.device_kind, t.compute_dtype)
@@ -221,7 +234,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
       "tokens": units_per_step * steps_done,
       "flops": flops_per_step * steps_done,
       "flops_per_step": flops_per_step,
-      "wall_seconds": wall,
+      "wall_seconds": wall_seconds,
       "tokens_per_second": (units_per_step * timed_steps / timed_seconds
                             if timed_steps else None),
       "flops_per_second": flops_per_second,

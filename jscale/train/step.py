@@ -50,10 +50,10 @@ def _apply_fn(module):
   return lambda params, inputs: module.apply({"params": params}, inputs)
 
 
-def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    dp: DataParallel, grad_accum: int = 1,
-                    compression: compress.Composed = compress.compose([])) -> Callable:
-  """Returns jitted ``step(state, batch) -> (state, metrics)``.
+def train_step_fn(module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                  grad_accum: int = 1,
+                  compression: compress.Composed = compress.compose([])) -> Callable:
+  """The un-jitted ``step(state, batch) -> (state, metrics)`` (vmap-able over runs).
 
   Every compression hook is applied (the identity when there is no compression), so a
   configured pass cannot be skipped: the forward (fake-quant), the objective
@@ -88,7 +88,15 @@ def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Sc
                "learning_rate": schedule(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(step, in_shardings=(dp.replicated, dp.batch),
+  return step
+
+
+def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    dp: DataParallel, grad_accum: int = 1,
+                    compression: compress.Composed = compress.compose([])) -> Callable:
+  """Returns jitted ``step(state, batch) -> (state, metrics)`` over the data mesh."""
+  return jax.jit(train_step_fn(module, tx, schedule, grad_accum, compression),
+                 in_shardings=(dp.replicated, dp.batch),
                  out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
 
 
