@@ -3,6 +3,8 @@
   python -m experiments.fit --csv=../shared/data/chinchilla_epoch_replication.csv \
     --law=chinchilla --n_col='Model Size' --c_col='Training FLOP' --loss_col=loss \
     --drop_highest_loss=5 --bootstrap=100 --compute=5.76e23 --out=fit.json
+  python -m experiments.fit --csv=t5.csv --law=sparsity --s_col=S --n_col=N --d_col=D \
+    --loss_col=loss --reduction=mean --bootstrap=0            # Frantar et al.'s sparsity law
   python -m experiments.fit --workdir=workdir/lm_default   # a sweep's results.csv
 
 Wall time on the 2-core CPU dev box: a few seconds for the fit, about a
@@ -21,12 +23,16 @@ from jscale.fit import table
 
 _CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: reads results.csv, writes fit.json and plots/.")
-_LAW = flags.DEFINE_string("law", None, "chinchilla, isoflop, kaplan_n, kaplan_d, kaplan_c, kaplan_nd "
-                           "(or any registered law); default chinchilla, or chosen from the sweep with --workdir.")
+_LAW = flags.DEFINE_string("law", None, "chinchilla, isoflop, kaplan_n, kaplan_d, kaplan_c, kaplan_nd, sparsity, "
+                           "sparsity_n, precision, distillation (or any registered law); default chinchilla, "
+                           "or chosen from the sweep with --workdir.")
 _IRREDUCIBLE = flags.DEFINE_bool("irreducible", False, "Add the irreducible term E to kaplan_n/d/c.")
 _N_COL = flags.DEFINE_string("n_col", None, "Column of non-embedding parameters N.")
 _D_COL = flags.DEFINE_string("d_col", None, "Column of training tokens D.")
 _C_COL = flags.DEFINE_string("c_col", None, "Column of training FLOPs C (D = C / 6N when D is not given).")
+_S_COL = flags.DEFINE_string("s_col", None, "Column of sparsity S in [0, 1) (sparsity laws; N is then non-zero).")
+_P_COL = flags.DEFINE_string("p_col", None, "Column of post-training precision P in bits (precision law).")
+_T_COL = flags.DEFINE_string("t_col", None, "Column of the teacher's loss T (distillation law).")
 _LOSS_COL = flags.DEFINE_string("loss_col", "loss", "Column of final losses.")
 _DROP = flags.DEFINE_integer("drop_highest_loss", 0, "Drop the rows with the k highest losses.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples (0 for none).")
@@ -34,8 +40,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 _COMPUTE = flags.DEFINE_float("compute", None, "FLOP budget for the compute-optimal allocation (chinchilla).")
 _DELTA = flags.DEFINE_float("huber_delta", 1e-3, "Huber threshold on log residuals.")
 _REDUCTION = flags.DEFINE_enum("reduction", "sum", ["sum", "mean"], "Sum or mean of per-point losses.")
+_RESIDUAL = flags.DEFINE_enum("residual", "log", ["log", "linear"],
+                              "Huber on log L_hat - log L (log) or on L_hat - L (linear).")
 _FULL = flags.DEFINE_bool("all_starts_to_convergence", False, "Run every start to the end (no pruning).")
-_HOLDOUT_COL = flags.DEFINE_enum("holdout_covariate", None, ["N", "D", "C"], "Extrapolation check covariate.")
+_HOLDOUT_COL = flags.DEFINE_enum("holdout_covariate", None, ["N", "D", "C", "S", "P", "T"],
+                                 "Extrapolation check covariate.")
 _HOLDOUT_AT = flags.DEFINE_float("holdout_above", None, "Fit on points <= this value, report error above.")
 _OUT = flags.DEFINE_string("out", "fit.json", "Where to write fit.json (with --csv).")
 _PLOTS = flags.DEFINE_string("plots", None, "Directory for PNG plots (default: next to --out).")
@@ -55,8 +64,11 @@ def _law_name() -> str:
 def _columns(cells) -> dict[str, np.ndarray]:
   if _C_COL.value and _D_COL.value:
     raise ValueError(f"give --c_col or --d_col, not both (got {_C_COL.value!r} and {_D_COL.value!r})")
-  names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "loss": _LOSS_COL.value}
+  names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "P": _P_COL.value, "T": _T_COL.value,
+           "loss": _LOSS_COL.value}
   cols = {key: table.positive_column(cells, name) for key, name in names.items() if name}
+  if _S_COL.value:
+    cols["S"] = table.check_fraction(_S_COL.value, table.float_column(cells, _S_COL.value))
   if _DROP.value:
     if not 0 <= _DROP.value < len(cols["loss"]):
       raise ValueError(f"drop_highest_loss must be in [0, {len(cols['loss'])}), got {_DROP.value}")
@@ -84,7 +96,7 @@ def main(argv):
   cols = _columns(table.read_csv(_CSV.value))
   result = fit_lib.fit(law, cols, huber_delta=_DELTA.value, bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
                        compute=_COMPUTE.value, reduction=_REDUCTION.value, prune=not _FULL.value,
-                       holdout=holdout)
+                       holdout=holdout, residual=_RESIDUAL.value)
   fit_lib.write_json(result, _OUT.value)
   fit_lib.plot_fit(result, _PLOTS.value or os.path.join(os.path.dirname(os.path.abspath(_OUT.value)), "plots"))
   print(fit_lib.summary(result))

@@ -138,3 +138,36 @@ def test_extrapolation_check_reports_held_out_error():
   ex = result.extrapolation
   assert ex["n_fit"] + ex["n_held_out"] == 240 and ex["n_held_out"] > 0
   assert 0 < ex["mean_abs_rel_error"] < 0.05
+
+
+def _t5_csv(path):
+  from tests.test_fit_compression import t5_points  # noqa: PLC0415  (skips without the shared data)
+  data = t5_points()
+  _write_csv(path, ["sparsity", "nonzero_millions", "steps_1e5", "loss"],
+             zip(data["S"], data["N"], data["D"], data["loss"]))
+
+
+def test_sparsity_outside_unit_interval_exits_2(tmp_path):
+  path = tmp_path / "t.csv"
+  _write_csv(path, ["S", "N", "loss"], [[0.0, 1e6, 3.0], [1.0, 2e6, 2.9], [0.5, 4e6, 2.8]])
+  out = tmp_path / "fit.json"
+  proc = _run(f"--csv={path}", "--law=sparsity_n", "--s_col=S", "--n_col=N", f"--out={out}", "--bootstrap=0",
+              cwd=REPO)
+  assert proc.returncode == 2 and "fraction in [0, 1)" in proc.stderr and "row 1" in proc.stderr
+  assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_sparsity_law_on_t5_writes_named_parameters(tmp_path):
+  _t5_csv(tmp_path / "t5.csv")
+  out = tmp_path / "fit.json"
+  proc = _run(f"--csv={tmp_path / 't5.csv'}", "--law=sparsity", "--s_col=sparsity", "--n_col=nonzero_millions",
+              "--d_col=steps_1e5", "--loss_col=loss", "--reduction=mean", "--huber_delta=1e-3", "--residual=log",
+              "--bootstrap=0", f"--out={out}", cwd=REPO)
+  assert proc.returncode == 0, proc.stderr
+  written = json.loads(out.read_text())
+  assert written["law"] == "sparsity" and set(written["params"]) == set("abcdefg")
+  assert written["objective"] <= 7.7e-6
+  assert written["effective_params"]["by_sparsity"]["0.875"] > 1.0
+  assert "N_eff/N at sparsity 0.5" in proc.stdout
+  assert (tmp_path / "plots" / "fit.png").stat().st_size > 0

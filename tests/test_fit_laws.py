@@ -58,3 +58,31 @@ def test_noisy_data_recovered_within_bootstrap_interval():
     assert stats[name]["sd"] > 0
   again = fit_lib.fit("kaplan_n_irreducible", {"N": n, "loss": loss}, bootstrap=40, seed=0)
   assert again.bootstrap["params"]["alpha_N"] == stats["alpha_N"]  # seeded, reproducible
+
+
+@pytest.mark.parametrize("law_name", registry.names())
+def test_centring_is_an_exact_reparameterisation(law_name):
+  """Predictions with centred covariates and shifted parameters equal the uncentred ones."""
+  law = registry.get(law_name)
+  rng = np.random.default_rng(0)
+  values = {"N": np.geomspace(1e6, 1e9, 6), "D": np.geomspace(1e9, 1e11, 6), "C": np.geomspace(1e17, 1e21, 6),
+            "S": np.array([0.0, 0.5, 0.75, 0.0, 0.9, 0.5]), "P": np.array([3.0, 4.0, 8.0, 6.0, 4.0, 3.0]),
+            "T": np.array([2.2, 3.1, 2.7, 2.4, 3.5, 2.9])}
+  with jax.enable_x64(True):
+    log_x = {c: jnp.asarray(registry.log_covariate(c, values[c])) for c in law.covariates}
+    means = {c: float(jnp.mean(v)) for c, v in log_x.items()}
+    theta = np.array([rng.choice(g) for g in law.grid]) + rng.normal(0, 0.05, law.n_params)
+    centred_theta = law.shift(theta, means, -1.0)
+    plain = law.log_predict(jnp.asarray(theta), log_x)
+    centred = law.log_predict(jnp.asarray(centred_theta), {c: v - means[c] for c, v in log_x.items()})
+    np.testing.assert_allclose(np.asarray(centred), np.asarray(plain), rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(law.shift(centred_theta, means, +1.0), theta, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_residual_variant_predicts_the_loss_and_is_registered_once():
+  law = registry.get("kaplan_n_irreducible")
+  linear = registry.for_residual(law, "linear")
+  assert registry.for_residual(law, "linear") is linear and registry.for_residual(law, "log") is law
+  assert linear.name not in registry.names()
+  theta, log_x = jnp.asarray([np.log(1.7), np.log(1e12), 0.3]), {"N": jnp.log(jnp.asarray([1e8, 1e9]))}
+  np.testing.assert_allclose(linear.log_predict(theta, log_x), jnp.exp(law.log_predict(theta, log_x)), rtol=1e-6)

@@ -13,8 +13,10 @@ import numpy as np
 class FitResult:
   """Everything a fit produced; ``to_json`` gives the documented fit.json dict.
 
-  ``columns`` (the fitted data) and ``theta`` travel with the result for
-  plotting and are not part of fit.json.
+  ``sections`` are further top-level fit.json keys (``effective_params``,
+  and from a sweep ``compression``, ``sparsity``, ``ptq``, ``distillation``,
+  ``isoflop``). ``columns`` (the fitted data) and ``theta`` travel with the
+  result for plotting and are not part of fit.json.
   """
   law: str
   params: dict[str, Any]
@@ -28,6 +30,7 @@ class FitResult:
   allocation: dict[str, float] | None = None
   extrapolation: dict[str, Any] | None = None
   notes: tuple[str, ...] = ()
+  sections: dict[str, Any] = dataclasses.field(default_factory=dict)
   columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
   theta: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
@@ -42,6 +45,7 @@ class FitResult:
       out["allocation"] = self.allocation
     if self.extrapolation is not None:
       out["extrapolation"] = self.extrapolation
+    out.update(self.sections)
     return _plain(out)
 
 
@@ -110,5 +114,43 @@ def summary(result: FitResult) -> str:
     lines.append(f"extrapolation: fitted {ex['n_fit']} points with {ex['covariate']} <= {ex['threshold']:.4g}; "
                  f"held-out {ex['n_held_out']}: mean |rel. error| {ex['mean_abs_rel_error']:.4g}, "
                  f"max {ex['max_abs_rel_error']:.4g}")
+  lines.extend(_section_lines(result.sections))
   lines.extend(f"note: {note}" for note in result.notes)
   return "\n".join(lines)
+
+
+def _interval(stats: dict) -> str:
+  return f"{stats['mean']:.4g} (95% {stats['low']:.4g} .. {stats['high']:.4g}, {stats['n']} runs)"
+
+
+def _section_lines(sections: dict[str, Any]) -> list[str]:
+  """Readable lines for the compression sections of a fit (see ``FitResult``)."""
+  lines = []
+  effective = sections.get("effective_params", {})
+  for key, label in (("by_sparsity", "sparsity"), ("by_precision", "precision")):
+    for level, ratio in effective.get(key, {}).items():
+      lines.append(f"  N_eff/N at {label} {level}: {ratio:.4g}")
+  if "compression" in sections:
+    counts = ", ".join(f"{k} {v}" for k, v in sections["compression"]["other_rows"].items()) or "none"
+    lines.append(f"dense rows fitted: {sections['compression']['dense_rows']}; other rows: {counts}")
+  if "sparsity" in sections:
+    sparse = sections["sparsity"]
+    params = ", ".join(f"{k} {v:.4g}" for k, v in sparse["params"].items())
+    lines.append(f"sparsity law {sparse['law']} on {sparse['n_points']} runs: {params}")
+    for level, ratio in sparse["effective_params"]["by_sparsity"].items():
+      lines.append(f"  N_eff/N at sparsity {level}: {ratio:.4g}")
+  for bits, ptq in sections.get("ptq", {}).items():
+    lines.append(f"{bits} post-training quantization, loss change vs float: {_interval(ptq['loss_change'])}; "
+                 f"N_eff/N {_interval(ptq['n_eff_ratio'])}")
+    for row in ptq["per_size"]:
+      lines.append(f"  N {row['params_non_embedding']:.4g}: {row['loss_float']:.4f} -> {row['loss_quantized']:.4f} "
+                   f"({row['loss_change']:+.4f}), N_eff/N {row['n_eff_ratio']:.4g}")
+  if "distillation" in sections:
+    distill = sections["distillation"]
+    lines.append(f"distilled students: loss change vs same-size dense {_interval(distill['loss_change'])}; "
+                 f"N_eff/N {_interval(distill['n_eff_ratio'])}")
+  if "isoflop" in sections:
+    iso = sections["isoflop"]
+    lines.append(f"isoflop (Approach 2): N_opt ~ C^{iso['n_opt']['exponent']:.4f}, "
+                 f"D_opt ~ C^{iso['d_opt']['exponent']:.4f}")
+  return lines

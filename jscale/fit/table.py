@@ -29,6 +29,11 @@ def positive_column(table: dict[str, list[str]], name: str) -> np.ndarray:
   return check_positive(name, _as_float(require_column(table, name)))
 
 
+def float_column(table: dict[str, list[str]], name: str) -> np.ndarray:
+  """The column as float64, NaN where a cell is empty or not a number."""
+  return _as_float(require_column(table, name))
+
+
 def _as_float(cells: list[str]) -> np.ndarray:
   out = np.empty(len(cells))
   for i, cell in enumerate(cells):
@@ -42,9 +47,19 @@ def _as_float(cells: list[str]) -> np.ndarray:
 def check_positive(name: str, values) -> np.ndarray:
   """Returns ``values`` as float64 or raises naming the bad rows (0-based data rows)."""
   values = np.asarray(values, np.float64)
-  bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+  return _check(name, values, np.isfinite(values) & (values > 0), "finite and > 0")
+
+
+def check_fraction(name: str, values) -> np.ndarray:
+  """Returns ``values`` as float64 or raises naming the rows outside [0, 1)."""
+  values = np.asarray(values, np.float64)
+  return _check(name, values, np.isfinite(values) & (values >= 0) & (values < 1), "a fraction in [0, 1)")
+
+
+def _check(name: str, values: np.ndarray, ok: np.ndarray, allowed: str) -> np.ndarray:
+  bad = np.flatnonzero(~ok)
   if bad.size:
     shown = ", ".join(f"row {i}: {values[i]}" for i in bad[:5])
     more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-    raise ValueError(f"column {name} must be finite and > 0; bad values at {shown}{more}")
+    raise ValueError(f"column {name} must be {allowed}; bad values at {shown}{more}")
   return values
