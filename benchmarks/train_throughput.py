@@ -1,79 +1,246 @@
-"""Training throughput against the backend's measured dense-matmul peak.
+"""Training throughput of the real train step against measured matmul peaks.
 
-    python benchmarks/train_throughput.py [--dtype=float32|bfloat16] [--steps=20]
+    python benchmarks/train_throughput.py [--sizes=32x2,64x2,128x2] [--rounds=8]
+        [--compare_head_dim=64] [--compare_devices=2]
+        [--batch=32] [--head_dim=8] [--dtype=float32|bfloat16]
 
-Measures, in one run: the FLOP/s of a large jitted matmul (the practical peak of this
-backend), then for several LM sizes the FLOP/s of the real jscale train step (AdamW,
-clipping, data-parallel jit over all local devices) on Shakespeare batches, and prints the
-ratio of each to the peak. Model FLOPs follow ``jscale.flops`` (see its docstring). Ends
-with one key=value line: the largest model's ratio and both rates.
+Everything is measured in one process and interleaved: each round times every
+reference matmul and every case once, and the fastest round of each is kept, so
+a burst of load from other processes slows all of them alike rather than one.
+
+References (the denominator of every ratio), both jitted, in the compute dtype:
+  * square peak: an n x n x n matmul (``--peak_n``), the backend's best case;
+  * model-shape peak: [T, D] x [D, F] at the largest size, T = tokens per step,
+    D = width, F = MLP width, the biggest matmul the model itself runs.
+Cases: the train step of ``jscale.train.step`` (AdamW, clipping, jit, data
+parallel) at every size of ``--sizes`` with the config's head dimension on one
+device, as the default sweep trains them; then, at the largest size: with
+``--compare_head_dim``; data parallel over ``--compare_devices`` devices (on
+CPU, host devices forced before jax starts, each run by its own thread); and
+its gradient alone (``value_and_grad`` of the loss, no optimizer update).
+Every case starts from experiments/configs/lm_default.py (the default sweep).
+Model FLOPs follow ``jscale.flops``. Ends with one key=value line for the
+largest size as the default sweep trains it, against the square peak.
 """
 
+import dataclasses
+import math
+import os
 import time
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
 
+from experiments.configs import lm_default
+from jscale import cli
 from jscale import config as config_lib
 from jscale import data as data_lib
 from jscale import flops
 from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import data_parallel
-from jscale.train.step import init_state, make_train_step
+from jscale.train.step import cross_entropy, init_state, make_train_step
 
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0 = the default sweep's).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per model (after compilation).")
-_SIZES = flags.DEFINE_string("sizes", "32x2,64x2,128x2,256x4", "widthxdepth,... to measure.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Global batch (sequences of 128 bytes).")
-_HEADS = flags.DEFINE_integer("num_heads", 2, "Attention heads.")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 0, "Head dimension (0 = the default sweep's).")
+_SIZES = flags.DEFINE_string("sizes", "32x2,64x2,128x2", "widthxdepth,... smallest first.")
+_COMPARE_HEAD_DIM = flags.DEFINE_integer(
+    "compare_head_dim", 64, "Extra case: the largest size with this head dimension (0 = none).")
+_COMPARE_DEVICES = flags.DEFINE_integer(
+    "compare_devices", 2, "Extra case: the largest size data parallel over this many devices "
+    "(0 or 1 = none).")
+_ROUNDS = flags.DEFINE_integer("rounds", 8, "Interleaved timing rounds; the fastest is kept.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Train steps per case per round.")
+_PEAK_N = flags.DEFINE_integer("peak_n", 2048, "Side of the square reference matmul.")
 
 
-def step_rate(width: int, depth: int, dataset) -> tuple[float, float]:
-  """(model FLOP/s, tokens/s) of the train step, compilation excluded."""
-  c = config_lib.base_config()
-  c.model.width, c.model.depth, c.model.num_heads = width, depth, _HEADS.value
-  c.data.seq_len = 128
-  c.train.global_batch, c.train.compute_dtype = _BATCH.value, _DTYPE.value
-  run = config_lib.resolve(c, dataset)
-  dp = data_parallel()
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One timed configuration of the train step."""
+  label: str
+  width: int
+  depth: int
+  head_dim: int  # 0: the config's num_heads
+  devices: int
+  grad_only: bool = False
+
+
+@dataclasses.dataclass
+class Timed:
+  """A case made ready to time: ``run()`` executes one timed unit and blocks."""
+  case: Case
+  run: Callable[[], None]
+  flops_per_unit: float
+  tokens_per_unit: int
+  heads: int
+  params: int
+
+
+def _run_spec(case: Case, config, dataset):
+  c = config.copy_and_resolve_references()
+  c.model.width, c.model.depth, c.model.head_dim = case.width, case.depth, case.head_dim
+  return config_lib.resolve(c, dataset)
+
+
+def prepare(case: Case, config, dataset) -> Timed:
+  """Compiles the case's train step (or gradient) and returns its timer."""
+  run = _run_spec(case, config, dataset)
+  dp = data_parallel(case.devices)
+  dp.check_batch(run.train.global_batch)
   module, tx = run.model.make_module(), make_optimizer(run.train)
-  step = make_train_step(module, tx, learning_rate_schedule(run.train), dp)
-  state = jax.jit(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0),
-                  out_shardings=dp.replicated)()
+  holder = {"state": jax.jit(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0),
+                             out_shardings=dp.replicated)()}
   batches = [dp.shard_batch(dataset.train_batch(i, run.train.global_batch, 0))
-             for i in range(_STEPS.value + 1)]
-  state, metrics = step(state, batches[0])
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for batch in batches[1:]:
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / _STEPS.value
-  flops_per_step = flops.train_flops_per_step(run.model, run.train.global_batch)
-  return flops_per_step / seconds, run.train.global_batch * 128 / seconds
+             for i in range(_STEPS.value)]
+  if case.grad_only:
+    def loss(params, batch):
+      logits = module.apply({"params": params}, batch["inputs"])
+      return cross_entropy(logits, batch["targets"])[0]
+    grad = jax.jit(jax.value_and_grad(loss))
+
+    def unit():  # one at a time, as steps are: independent calls would overlap
+      for b in batches:
+        jax.block_until_ready(grad(holder["state"].params, b))
+  else:
+    step = make_train_step(module, tx, learning_rate_schedule(run.train), dp)
+
+    def unit():
+      for b in batches:
+        holder["state"], metrics = step(holder["state"], b)
+      jax.block_until_ready(metrics)
+  unit()  # compiles
+  tokens = run.train.global_batch * run.model.context_length * _STEPS.value
+  return Timed(case, unit, _STEPS.value * flops.train_flops_per_step(
+      run.model, run.train.global_batch), tokens, run.model.num_heads,
+               run.model.param_counts().total)
+
+
+def matmul_timer(m: int, k: int, n: int, dtype: str,
+                 min_flops: float) -> tuple[Callable[[], None], float]:
+  """A timer of jitted [m, k] x [k, n] matmuls, one after another, and its FLOPs.
+
+  It repeats the matmul until the unit does ``min_flops`` (the largest train
+  step's), so that every timed unit lasts about as long: under shared load a
+  short unit is likelier to fit in a quiet moment, which would flatter it.
+  """
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  a_MxK = jax.random.normal(key_a, (m, k), jnp.dtype(dtype))
+  b_KxN = jax.random.normal(key_b, (k, n), jnp.dtype(dtype))
+  matmul = jax.jit(jnp.matmul)
+  matmul(a_MxK, b_KxN).block_until_ready()
+  repeats = max(1, math.ceil(min_flops / (2.0 * m * k * n)))
+
+  def unit():
+    for _ in range(repeats):
+      matmul(a_MxK, b_KxN).block_until_ready()
+
+  return unit, repeats * 2.0 * m * k * n
+
+
+def fastest(timers: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+  """Fastest wall time of each timer over ``rounds`` interleaved rounds."""
+  best = {name: float("inf") for name in timers}
+  for _ in range(rounds):
+    for name, timer in timers.items():
+      start = time.perf_counter()
+      timer()
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+  try:
+    sizes = [tuple(int(x) for x in size.split("x")) for size in text.split(",")]
+  except ValueError:
+    sizes = []
+  if not sizes or any(len(s) != 2 or min(s) <= 0 for s in sizes):
+    raise ValueError(f"--sizes must look like 32x2,64x2 (widthxdepth,...), got {text!r}")
+  return sizes
+
+
+def cases(sizes: list[tuple[int, int]], head_dim: int) -> list[Case]:
+  """The default sweep's cases, then the comparisons at the largest size.
+
+  ``head_dim`` 0 keeps the config's ``model.num_heads`` at every width.
+  """
+  out = [Case(f"{w}x{d}", w, d, head_dim, 1) for w, d in sizes]
+  width, depth = sizes[-1]
+  if _COMPARE_HEAD_DIM.value and _COMPARE_HEAD_DIM.value != head_dim:
+    out.append(Case(f"{width}x{depth} head_dim {_COMPARE_HEAD_DIM.value}", width, depth,
+                    _COMPARE_HEAD_DIM.value, 1))
+  if 1 < _COMPARE_DEVICES.value <= jax.device_count():
+    out.append(Case(f"{width}x{depth} {_COMPARE_DEVICES.value} devices", width, depth,
+                    head_dim, _COMPARE_DEVICES.value))
+  out.append(Case(f"{width}x{depth} gradient only", width, depth, head_dim, 1,
+                  grad_only=True))
+  return out
+
+
+def force_host_devices(count: int) -> None:
+  """On CPU, expose ``count`` host devices (each runs on its own thread)."""
+  if count > 1 and "xla_force_host_platform_device_count" not in os.environ.get(
+      "XLA_FLAGS", ""):
+    jax.config.update("jax_num_cpu_devices", count)
 
 
 def main(argv):
-  del argv
-  dataset = data_lib.load(data_lib.DataSpec(name="shakespeare", seq_len=128))
-  peak = flops.measure_matmul_peak(n=2048, dtype=_DTYPE.value, repeats=10)
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  sizes = parse_sizes(_SIZES.value)
+  force_host_devices(_COMPARE_DEVICES.value)
+  config = lm_default.get_config()
+  config.train.global_batch = _BATCH.value or config.train.global_batch
+  config.model.head_dim = _HEAD_DIM.value or config.model.head_dim
+  config.train.compute_dtype = _DTYPE.value
+  dtype = config.train.compute_dtype
+  dataset = data_lib.load(config_lib.data_spec(config))
+  if _COMPARE_DEVICES.value > jax.device_count():
+    print(f"skipping the {_COMPARE_DEVICES.value}-device case: this backend has "
+          f"{jax.device_count()} device(s)")
+  timed = [prepare(case, config, dataset)
+           for case in cases(sizes, config.model.head_dim)]
+  step_flops = timed[len(sizes) - 1].flops_per_unit / _STEPS.value
+  width = sizes[-1][0]
+  tokens = config.train.global_batch * config.data.seq_len
+  n = _PEAK_N.value
+  references = {
+      f"square {n}x{n}x{n}": matmul_timer(n, n, n, dtype, step_flops),
+      f"model shape {tokens}x{width}x{config.model.mlp_ratio * width}": matmul_timer(
+          tokens, width, config.model.mlp_ratio * width, dtype, step_flops),
+  }
+  timers = {name: timer for name, (timer, _) in references.items()}
+  timers.update({t.case.label: t.run for t in timed})
+  seconds = fastest(timers, _ROUNDS.value)
+
   device = jax.devices()[0]
-  print(f"device {device.device_kind} x{jax.device_count()}, {_DTYPE.value}")
-  print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
-  print(f"{'model':>10} {'params':>10} {'GFLOP/s':>9} {'tok/s':>10} {'ratio':>6} {'MFU':>6}")
-  rows = []
-  for size in _SIZES.value.split(","):
-    width, depth = (int(x) for x in size.split("x"))
-    rate, tokens = step_rate(width, depth, dataset)
-    table_peak = flops.peak_flops_per_device(device.device_kind, _DTYPE.value)
-    mfu = flops.mfu(rate / jax.device_count(), table_peak)
-    rows.append((size, rate))
-    print(f"{size:>10} {'':>10} {rate / 1e9:9.2f} {tokens:10,.0f} {rate / peak:6.3f} "
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  print(f"device {device.device_kind} x{jax.device_count()} ({os.cpu_count()} host cores, "
+        f"load average {load}), {dtype}, batch {config.train.global_batch} x "
+        f"{config.data.seq_len} tokens, fastest of {_ROUNDS.value} interleaved rounds")
+  peaks = {}
+  for name, (_, matmul_flops) in references.items():
+    peaks[name] = matmul_flops / seconds[name]
+    print(f"peak, {name}: {peaks[name] / 1e9:.1f} GFLOP/s")
+  square, shaped = peaks.values()
+  table_peak = flops.peak_flops_per_device(device.device_kind, dtype)
+  print(f"{'case':>24} {'heads':>5} {'devs':>4} {'params':>9} {'step ms':>8} {'tok/s':>9} "
+        f"{'GFLOP/s':>8} {'/square':>7} {'/shape':>7} {'MFU':>6}")
+  for t in timed:
+    per_unit = seconds[t.case.label]
+    rate = t.flops_per_unit / per_unit
+    mfu = flops.mfu(rate / t.case.devices, table_peak)
+    print(f"{t.case.label:>24} {t.heads:5d} {t.case.devices:4d} {t.params:9,d} "
+          f"{1e3 * per_unit / _STEPS.value:8.1f} {t.tokens_per_unit / per_unit:9,.0f} "
+          f"{rate / 1e9:8.2f} {rate / square:7.3f} {rate / shaped:7.3f} "
           f"{'n/a' if mfu is None else f'{mfu:.3f}':>6}")
-  largest, rate = rows[-1]
-  print(f"largest_model={largest} train_gflops={rate / 1e9:.2f} peak_gflops={peak / 1e9:.2f} "
-        f"ratio_to_peak={rate / peak:.3f}")
+  largest = timed[len(sizes) - 1]
+  rate = largest.flops_per_unit / seconds[largest.case.label]
+  print(f"ratio_to_peak={rate / square:.3f} train_gflops={rate / 1e9:.2f} "
+        f"peak_gflops={square / 1e9:.2f} model={largest.case.label} "
+        f"ratio_to_model_shape_peak={rate / shaped:.3f}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.run_main(main), flags_parser=cli.flags_parser)

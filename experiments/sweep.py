@@ -15,12 +15,17 @@ from ml_collections import config_flags
 
 from jscale import cli
 from jscale import sweep
+from jscale.train import batched
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file (experiments/configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder: local path or gs://...")
 _WORKER = flags.DEFINE_string("worker", "0/1", "i/K: train runs i, i+K, ... of the plan.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and time estimate; train nothing.")
+_BATCH_RUNS = flags.DEFINE_enum(
+    "batch_runs", "auto", ["auto", "always", "never"],
+    "Train same-shape runs together as one program: auto = where a quick measurement on "
+    "this machine says it pays.")
 _FIT = flags.DEFINE_bool("fit", True, "Fit the scaling law and draw plots after training.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices for data parallelism (0 = all).")
 _COMPILATION_CACHE = flags.DEFINE_string(
@@ -39,13 +44,12 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   if _COMPILATION_CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    batched.enable_compilation_cache(os.path.expanduser(_COMPILATION_CACHE.value))
   stop_requested = []
   signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   options = sweep.SweepOptions(workdir=_WORKDIR.value, worker=sweep.parse_worker(_WORKER.value),
                                dry_run=_DRY_RUN.value, num_devices=_NUM_DEVICES.value,
-                               fit=_FIT.value)
+                               fit=_FIT.value, batch_runs=_BATCH_RUNS.value)
   sweep.run_sweep(_CONFIG.value, options, should_stop=lambda: bool(stop_requested))
 
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -263,3 +262,24 @@ def test_unknown_precision_is_rejected():
   c.sweep.precisions = ("fp8",)
   with pytest.raises(ValueError, match="sweep.precisions must hold values from"):
     plan_lib.plan_runs(c, data_lib.load(config_lib.data_spec(c)))
+
+
+@pytest.mark.slow
+def test_batched_sweep_matches_one_by_one(tmp_path, env):
+  tables = {}
+  for mode in ("always", "never"):
+    workdir = tmp_path / mode
+    result = run(sweep_cmd(env, workdir, "--nofit", f"--batch_runs={mode}",
+                           "--config.sweep.seeds=(0,1,2)", "--config.sweep.widths=(8,)"), env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (workdir / "results.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    tables[mode] = {row.split(",")[0]: dict(zip(header, row.split(","))) for row in lines[1:]}
+  assert tables["always"].keys() == tables["never"].keys() and len(tables["never"]) == 3
+  for run_id, row in tables["never"].items():
+    for column in ("train_loss", "val_loss", "tokens", "flops"):
+      np.testing.assert_allclose(float(tables["always"][run_id][column]), float(row[column]),
+                                 rtol=1e-5, err_msg=f"{run_id} {column}")
+  batched = json.loads(next((tmp_path / "always" / "runs").iterdir()).joinpath(
+      "result.json").read_text())
+  assert batched["batched_runs"] == 3

@@ -1,7 +1,8 @@
 """Decoder-only transformer language model (pre-norm, causal, untied head).
 
-Shape letters: B batch, L sequence length, D width (d_model), H heads,
-K head dimension (D / H), F MLP hidden width (mlp_ratio * D), V vocabulary.
+Shape letters: B batch, L sequence length, T = B * L tokens, D width
+(d_model), H heads, K head dimension (D / H), F MLP hidden width
+(mlp_ratio * D), V vocabulary.
 
 Initialisation (chosen so that behaviour at init does not drift with width):
   * token and learned position embeddings: normal, std 1 (every block reads
@@ -23,6 +24,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jscale.models import spec as spec_lib
 
@@ -113,10 +115,12 @@ def rotate(x_BxLxHxK: jax.Array) -> jax.Array:
   """Applies rotary position embedding (rotate-half pairing) along L."""
   length, head_dim = x_BxLxHxK.shape[1], x_BxLxHxK.shape[3]
   half = head_dim // 2
-  frequencies = ROPE_BASE**(-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_LxK2 = jnp.outer(jnp.arange(length, dtype=jnp.float32), frequencies)
-  sin = jnp.sin(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype)
-  cos = jnp.cos(angles_LxK2)[None, :, None, :].astype(x_BxLxHxK.dtype)
+  # NumPy tables are compile-time constants; jnp ones would be fused into the
+  # rotation and re-evaluated (sin and cos) for every batch element and head.
+  frequencies = ROPE_BASE**(-np.arange(half, dtype=np.float32) / half)
+  angles_LxK2 = np.outer(np.arange(length, dtype=np.float32), frequencies)
+  sin = jnp.asarray(np.sin(angles_LxK2)[None, :, None, :], x_BxLxHxK.dtype)
+  cos = jnp.asarray(np.cos(angles_LxK2)[None, :, None, :], x_BxLxHxK.dtype)
   first, second = x_BxLxHxK[..., :half], x_BxLxHxK[..., half:]
   return jnp.concatenate(
       [first * cos - second * sin, second * cos + first * sin], axis=-1)
@@ -129,28 +133,43 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     s = self.spec
     dtype = spec_lib.compute_dtype(s)
-    qkv_BxLx3xHxK = nn.DenseGeneral(
+    batch, length, _ = x_BxLxD.shape
+    qkv_Tx3xHxK = nn.DenseGeneral(
         (3, s.num_heads, s.head_dim), use_bias=False, dtype=dtype,
         kernel_init=nn.initializers.normal(1 / math.sqrt(s.width)),
-        name="qkv")(x_BxLxD)
+        name="qkv")(_flatten_tokens(x_BxLxD))
+    qkv_BxLx3xHxK = qkv_Tx3xHxK.reshape(
+        batch, length, *qkv_Tx3xHxK.shape[1:])
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
         qkv_BxLx3xHxK[:, :, i] for i in range(3))
     if s.positions == "rotary":
       q_BxLxHxK, k_BxLxHxK = rotate(q_BxLxHxK), rotate(k_BxLxHxK)
+    # Heads-major operands make every attention einsum a plain batched matmul.
+    q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (
+        jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
     scores_BxHxLxL = jnp.einsum(
-        "blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK).astype(jnp.float32)
-    scores_BxHxLxL /= math.sqrt(s.head_dim)
-    length = x_BxLxD.shape[1]
+        "bhlk,bhmk->bhlm", q_BxHxLxK * (1 / math.sqrt(s.head_dim)),
+        k_BxHxLxK).astype(jnp.float32)
     causal_LxL = jnp.tril(jnp.ones((length, length), bool))
     scores_BxHxLxL = jnp.where(
         causal_LxL[None, None], scores_BxHxLxL, jnp.finfo(jnp.float32).min)
-    weights_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1).astype(dtype)
-    out_BxLxHxK = jnp.einsum("bhlm,bmhk->blhk", weights_BxHxLxL, v_BxLxHxK)
-    return nn.DenseGeneral(
+    # Softmax with the normalisation applied after the value product: dividing
+    # [B, H, L, K] instead of [B, H, L, L] saves a pass over the score matrix.
+    # The max shift cancels in the quotient, so it needs no gradient.
+    shift_BxHxLx1 = jax.lax.stop_gradient(
+        scores_BxHxLxL.max(axis=-1, keepdims=True))
+    exp_BxHxLxL = jnp.exp(scores_BxHxLxL - shift_BxHxLx1)
+    out_BxHxLxK = jnp.einsum(
+        "bhlm,bhmk->bhlk", exp_BxHxLxL.astype(dtype), v_BxHxLxK)
+    out_BxHxLxK = (out_BxHxLxK / exp_BxHxLxL.sum(axis=-1, keepdims=True)
+                   ).astype(dtype)
+    out_TxHxK = _flatten_tokens(jnp.swapaxes(out_BxHxLxK, 1, 2))
+    out_TxD = nn.DenseGeneral(
         s.width, axis=(-2, -1), use_bias=False, dtype=dtype,
         kernel_init=nn.initializers.normal(
             1 / math.sqrt(s.width * 2 * s.depth)),
-        name="out")(out_BxLxHxK)
+        name="out")(out_TxHxK)
+    return out_TxD.reshape(x_BxLxD.shape)
 
 
 class Mlp(nn.Module):
@@ -160,15 +179,16 @@ class Mlp(nn.Module):
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     s = self.spec
     dtype = spec_lib.compute_dtype(s)
-    h_BxLxF = nn.Dense(
+    h_TxF = nn.Dense(
         s.mlp_width, use_bias=False, dtype=dtype,
         kernel_init=nn.initializers.normal(1 / math.sqrt(s.width)),
-        name="up")(x_BxLxD)
-    return nn.Dense(
+        name="up")(_flatten_tokens(x_BxLxD))
+    out_TxD = nn.Dense(
         s.width, use_bias=False, dtype=dtype,
         kernel_init=nn.initializers.normal(
             1 / math.sqrt(s.mlp_width * 2 * s.depth)),
-        name="down")(nn.gelu(h_BxLxF))
+        name="down")(nn.gelu(h_TxF))
+    return out_TxD.reshape(x_BxLxD.shape)
 
 
 class Block(nn.Module):
@@ -204,9 +224,20 @@ class Transformer(nn.Module):
     for i in range(s.depth):
       x_BxLxD = Block(s, name=f"block_{i}")(x_BxLxD)
     x_BxLxD = nn.LayerNorm(dtype=dtype, name="final_norm")(x_BxLxD)
-    logits_BxLxV = nn.Dense(
+    logits_TxV = nn.Dense(
         s.vocab_size, use_bias=False, dtype=dtype,
         kernel_init=nn.initializers.normal(
             spec_lib.HEAD_LOGIT_STD / math.sqrt(s.width)),
-        name="head")(x_BxLxD)
-    return logits_BxLxV.astype(jnp.float32)
+        name="head")(_flatten_tokens(x_BxLxD))
+    return logits_TxV.reshape(*tokens_BxL.shape, -1).astype(jnp.float32)
+
+
+def _flatten_tokens(x: jax.Array) -> jax.Array:
+  """[B, L, ...] -> [T, ...], so that every projection is a 2-D matmul.
+
+  A projection's weight gradient then contracts one token axis. Contracting
+  (B, L) made XLA CPU transpose the [B, L, F] activation gradient inside the
+  GELU-gradient fusion, which took longer than the MLP's matmuls (see
+  BUILD_NOTES.md, training throughput).
+  """
+  return x.reshape(-1, *x.shape[2:])

@@ -20,7 +20,7 @@ from jscale.sharding import data_parallel
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import report
 from jscale.sweep.results import read_result, run_dir, write_results_csv
-from jscale.train import Progress, train
+from jscale.train import Progress, batched, grouping, train
 from jscale.train.step import init_state, make_train_step
 from jscale.optim import learning_rate_schedule, make_optimizer
 
@@ -32,6 +32,8 @@ class SweepOptions:
   dry_run: bool = False
   num_devices: int = 0  # 0 = all devices
   fit: bool = True
+  batch_runs: str = "auto"  # same-shape runs together: "auto" (where measured to pay),
+  #                           "always" or "never"
 
 
 def prepare_workdir(workdir: epath.Path, config) -> None:
@@ -126,6 +128,58 @@ def _wait_for_teacher(workdir: epath.Path, run: plan_lib.PlannedRun,
   return result
 
 
+def training_units(todo: list, dataset, dp, batch_runs: str) -> list[list]:
+  """Runs in the order they are trained; runs that share a shape are trained together
+  (one list) when ``batch_runs`` is "always", or "auto" and a quick measurement on this
+  machine says batching pays."""
+  if batch_runs == "never":
+    return [[r] for r in todo]
+  units, decisions = [], {}
+  for group in grouping.group_runs([r.spec for r in todo]):
+    members = [todo[i] for i in group]
+    if len(members) < 2 or any(r.spec.compress.passes or r.teacher_id for r in members):
+      units += [[r] for r in members]
+      continue
+    key = grouping.shape_key(members[0].spec)
+    if batch_runs == "always":
+      decisions[key] = True
+    if key not in decisions:
+      m = batched.measure_batching([r.spec for r in members], dataset, dp)
+      decisions[key] = m.pays
+      print(f"batching {len(members)} runs of shape {members[0].label}: "
+            f"{m.batched_seconds:.3f} s/step together vs {m.sequential_seconds:.3f} s one by one"
+            f" ({m.speedup:.2f}x) -> {'batched' if m.pays else 'one by one'}", flush=True)
+    units += [members] if decisions[key] else [[r] for r in members]
+  return units
+
+
+def _failed(e: Exception) -> dict:
+  if isinstance(e, ValueError):  # bad input: stop the sweep with its one-line message
+    raise e
+  return {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+
+
+def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]:
+  """Trains one run, or several same-shape runs as one program; a crash marks them failed
+  and the sweep goes on."""
+  folders = [run_dir(workdir, r.run_id) for r in unit]
+  if len(unit) > 1:
+    try:
+      return batched.train_group([r.spec for r in unit], dataset, folders, dp=dp,
+                                 should_stop=should_stop, progress=progress)
+    except Exception as e:  # noqa: BLE001  (one broken group must not end the sweep)
+      return [_failed(e)] * len(unit)
+  run = unit[0]
+  teacher = _wait_for_teacher(workdir, run)
+  try:
+    if teacher is not None and teacher.get("status") != "done":
+      raise RuntimeError(f"teacher {run.teacher_id} ended {teacher.get('status')}")
+    return [train(run.spec, dataset, folders[0], dp=dp, should_stop=should_stop,
+                  progress=progress[0])]
+  except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
+    return [_failed(e)]
+
+
 def run_sweep(config, options: SweepOptions,
               should_stop: Callable[[], bool] = lambda: False) -> str:
   """Runs this worker's share of the sweep; returns 'done', 'waiting' or 'preempted'."""
@@ -136,6 +190,9 @@ def run_sweep(config, options: SweepOptions,
   dp.check_batch(config.train.global_batch)
   if options.dry_run:
     print_plan(runs, dataset, dp, options.worker)
+    mine = [r for i, r in enumerate(runs) if i % options.worker[1] == options.worker[0]]
+    units = training_units(mine, dataset, dp, options.batch_runs)
+    print(f"training units: {len(units)} ({sum(len(u) > 1 for u in units)} batched groups)")
     return "done"
   prepare_workdir(workdir, config)
   index, count = options.worker
@@ -144,40 +201,41 @@ def run_sweep(config, options: SweepOptions,
   print(f"sweep: {len(runs)} runs planned, {len(mine)} for worker {index}/{count}, "
         f"{len(mine) - len(todo)} finished already", flush=True)
 
+  units = training_units(todo, dataset, dp, options.batch_runs)
   started, done_flops = time.perf_counter(), [0.0]
   remaining = [sum(r.flops for r in todo)]
-  for n, run in enumerate(todo, 1):
-    folder = run_dir(workdir, run.run_id)
-    write_json_atomic(folder / "config.json", plan_lib.run_config_dict(run.config))
-    print(f"[{n}/{len(todo)}] start {run.run_id} {run.label} "
-          f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
-          f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)", flush=True)
-    teacher = _wait_for_teacher(workdir, run)
-    try:
-      if teacher is not None and teacher.get("status") != "done":
-        raise RuntimeError(f"teacher {run.teacher_id} ended {teacher.get('status')}")
-      result = train(run.spec, dataset, folder, dp=dp, should_stop=should_stop,
-                     progress=_sweep_progress(run.label, remaining[0] - run.flops, started,
-                                              lambda: done_flops[0]))
-    except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
-      if isinstance(e, ValueError):
-        raise
-      result = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-    if result["status"] == "preempted":
-      write_results_csv(workdir)
-      print(f"preempted: {run.run_id} checkpointed at step {result['step']}; "
-            "rerun the same command to resume", flush=True)
-      return "preempted"
-    write_json_atomic(folder / "result.json", dict(result, run_id=run.run_id, label=run.label,
-                                                       budget=run.budget))
-    done_flops[0] += run.flops
-    remaining[0] -= run.flops
+  n = 0
+  for unit in units:
+    for run in unit:
+      n += 1
+      write_json_atomic(run_dir(workdir, run.run_id) / "config.json",
+                        plan_lib.run_config_dict(run.config))
+      print(f"[{n}/{len(todo)}] start {run.run_id} {run.label} "
+            f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
+            f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)"
+            + (f" batched with {len(unit) - 1} more" if len(unit) > 1 else ""), flush=True)
+    after = remaining[0] - sum(r.flops for r in unit)
+    progress = [_sweep_progress(r.label, after, started, lambda: done_flops[0]) for r in unit]
+    results = _train_unit(unit, dataset, workdir, dp, should_stop, progress)
+    preempted = False
+    for run, result in zip(unit, results):
+      if result["status"] == "preempted":
+        preempted = True
+        print(f"preempted: {run.run_id} checkpointed at step {result['step']}", flush=True)
+        continue
+      write_json_atomic(run_dir(workdir, run.run_id) / "result.json",
+                        dict(result, run_id=run.run_id, label=run.label, budget=run.budget))
+      done_flops[0] += run.flops
+      remaining[0] -= run.flops
+      loss = result.get("val_loss")
+      print(f"end {run.run_id} {result['status']}"
+            + (f" val_loss {loss:.4f}" if loss is not None else "")
+            + (f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else ""),
+            flush=True)
     write_results_csv(workdir)
-    loss = result.get("val_loss")
-    print(f"[{n}/{len(todo)}] end {run.run_id} {result['status']}"
-          + (f" val_loss {loss:.4f}" if loss is not None else "")
-          + (f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else ""),
-          flush=True)
+    if preempted:
+      print("rerun the same command to resume", flush=True)
+      return "preempted"
 
   write_results_csv(workdir)
   missing = [r for r in runs if read_result(run_dir(workdir, r.run_id)) is None]

@@ -135,7 +135,6 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
     start = int(meta["step"])
     log.truncate_after(start)
 
-    flops_per_step = flops_lib.train_flops_per_step(run.model, t.global_batch)
     units_per_step = t.global_batch * run.model.units_per_example
     index, count = process_shard()
     wall_before, t0 = float(meta["wall_seconds"]), time.perf_counter()

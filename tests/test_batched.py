@@ -1,0 +1,237 @@
+"""Model-batched training: equal to training each run alone, per-run files, resume."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jscale import config as config_lib
+from jscale import data as data_lib
+from jscale.checkpoint import Checkpointer
+from jscale.optim import learning_rate_schedule, make_optimizer
+from jscale.sharding import data_parallel
+from jscale.train import batched, grouping, init_state, make_train_step, train
+
+QUIET = lambda p: None  # noqa: E731
+
+
+def tiny_config(width=16, **train_overrides):
+  c = config_lib.base_config()
+  c.model.width, c.model.depth, c.model.num_heads = width, 1, 2
+  c.data.name, c.data.seq_len = "synthetic_text", 16
+  c.train.steps, c.train.global_batch, c.train.warmup_steps = 8, 8, 2
+  c.train.eval_every, c.train.eval_batches, c.train.log_every = 4, 2, 4
+  c.checkpoint.every, c.checkpoint.keep, c.checkpoint.async_save = 3, 3, False
+  for key, value in train_overrides.items():
+    c.train[key] = value
+  return c
+
+
+# Three runs differing in everything a group may differ in.
+VARIANTS = (dict(seed=0),
+            dict(seed=1, learning_rate=1e-3, steps=5, warmup_steps=3, schedule="linear",
+                 eval_every=5),
+            dict(seed=2, weight_decay=0.0, schedule="constant", warmup_steps=0))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
+
+
+@pytest.fixture(scope="module")
+def runs(dataset):
+  return [config_lib.resolve(tiny_config(**v), dataset) for v in VARIANTS]
+
+
+def train_alone(run, dataset, dp):
+  """Losses and final params from the single-run step, the reference."""
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  step_fn = make_train_step(module, tx, learning_rate_schedule(run.train), dp,
+                            run.train.grad_accum)
+  state = jax.device_put(init_state(module, tx, run.model.dummy_inputs(1), run.train.seed),
+                         dp.replicated)
+  losses = []
+  for step in range(run.train.steps):
+    batch = dp.shard_batch(dataset.train_batch(step, run.train.global_batch, run.train.seed))
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+  return np.array(losses), jax.device_get(state.params)
+
+
+def records(folder, kind):
+  lines = (folder / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def final_params(folder, run):
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  abstract = jax.eval_shape(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0))
+  with Checkpointer(folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
+    state, meta = ckpt.restore(ckpt.steps()[-1], abstract)
+  assert meta["step"] == run.train.steps
+  return jax.device_get(state.params)
+
+
+def assert_trees_close(a, b, rtol=1e-5):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6)
+
+
+def test_group_runs_by_shape_sorted_by_steps(dataset):
+  specs = [config_lib.resolve(c, dataset) for c in (
+      tiny_config(steps=9), tiny_config(width=24), tiny_config(steps=3, seed=4),
+      tiny_config(learning_rate=1e-2), tiny_config(grad_accum=2))]
+  assert grouping.group_runs(specs) == [[2, 3, 0], [1], [4]]
+  assert grouping.group_runs(specs, max_size=2) == [[0], [1], [2, 3], [4]]
+
+
+def test_mixed_shapes_are_a_one_line_error(dataset):
+  mixed = [config_lib.resolve(tiny_config(width=w), dataset) for w in (16, 24)]
+  with pytest.raises(ValueError, match="runs must share one shape key") as e:
+    batched.check_group(mixed)
+  assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="run_devices must be a divisor of the device count 8"):
+    grouping.make_layout(data_parallel(8), 3, run_devices=3)
+
+
+def test_layout_spreads_runs_before_data():
+  layout = grouping.make_layout(data_parallel(8), 3)
+  assert (layout.run_devices, layout.slots) == (2, 4)  # 2 run devices x 4 data devices
+  assert grouping.make_layout(data_parallel(8), 8).run_devices == 8
+  assert grouping.make_layout(data_parallel(1), 5).slots == 5
+
+
+def test_learning_rate_table_is_the_schedule_held_after_the_end(runs):
+  t = runs[1].train
+  table = batched.learning_rate_table(t, 9)
+  schedule = learning_rate_schedule(t)
+  np.testing.assert_allclose(table[:6], [float(schedule(s)) for s in range(6)], rtol=1e-6)
+  np.testing.assert_array_equal(table[5:], table[5])
+
+
+@pytest.mark.slow
+def test_group_equals_each_run_alone(tmp_path, dataset, runs):
+  dp = data_parallel(1)
+  dirs = [tmp_path / f"run{i}" for i in range(len(runs))]
+  results = batched.train_group(runs, dataset, dirs, dp=dp, progress=[QUIET] * len(runs))
+  for run, folder, result in zip(runs, dirs, results):
+    losses, params = train_alone(run, dataset, dp)
+    logged = records(folder, "train")
+    assert [r["step"] for r in logged] == list(range(1, run.train.steps + 1))
+    np.testing.assert_allclose([r["loss"] for r in logged], losses, rtol=1e-5)
+    assert_trees_close(final_params(folder, run), params)
+    assert result["status"] == "done" and result["steps"] == run.train.steps
+    assert result["batched_runs"] == len(runs)
+  alone = train(runs[1], dataset, tmp_path / "alone", dp=dp, progress=QUIET)
+  assert set(alone) | {"batched_runs"} == set(results[1])
+  assert [r["step"] for r in records(dirs[1], "eval")] == [
+      r["step"] for r in records(tmp_path / "alone", "eval")]
+  np.testing.assert_allclose(results[1]["val_loss"], alone["val_loss"], rtol=1e-5)
+  assert results[1]["tokens"] == alone["tokens"] == 5 * 8 * 16
+
+
+@pytest.mark.slow
+def test_preempted_group_resumes_batched_or_alone(tmp_path, dataset, runs):
+  dp = data_parallel(1)
+  straight = batched.train_group(runs, dataset, [tmp_path / f"s{i}" for i in range(3)],
+                                 dp=dp, progress=[QUIET] * 3)
+  calls = []
+
+  def stop_after_four():  # asked once per group step
+    calls.append(1)
+    return len(calls) >= 4
+
+  dirs = [tmp_path / f"r{i}" for i in range(3)]
+  first = batched.train_group(runs, dataset, dirs, dp=dp, should_stop=stop_after_four,
+                              progress=[QUIET] * 3)
+  assert [r["status"] for r in first] == ["preempted"] * 3
+  assert [r["step"] for r in first] == [4, 4, 4]
+  # Run 2 resumes alone with the single-run loop; runs 0 and 1 resume as a group.
+  alone = train(runs[2], dataset, dirs[2], dp=dp, progress=QUIET)
+  resumed = batched.train_group(runs[:2], dataset, dirs[:2], dp=dp, progress=[QUIET] * 2)
+  for before, after, folder_s, folder_r in zip(straight, resumed + [alone],
+                                               [tmp_path / f"s{i}" for i in range(3)], dirs):
+    assert after["status"] == "done"
+    np.testing.assert_allclose(after["val_loss"], before["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(after["train_loss"], before["train_loss"], rtol=1e-5)
+    a, b = records(folder_s, "train"), records(folder_r, "train")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+
+
+def test_diverged_member_stops_alone(tmp_path, dataset):
+  specs = [config_lib.resolve(tiny_config(steps=4, eval_every=4, clip_norm=0.0, **v), dataset)
+           for v in (dict(), dict(learning_rate=1e30, warmup_steps=0))]
+  results = batched.train_group(specs, dataset, [tmp_path / "ok", tmp_path / "bad"],
+                                dp=data_parallel(1), progress=[QUIET] * 2)
+  assert results[0]["status"] == "done" and "val_loss" in results[0]
+  assert results[1]["status"] == "diverged" and 1 <= results[1]["diverged_step"] <= 4
+  assert "val_loss" not in results[1]
+
+
+def test_measure_batching_reports_both_timings(dataset, runs):
+  same_shape = [config_lib.resolve(tiny_config(seed=s), dataset) for s in (0, 1)]
+  m = batched.measure_batching(same_shape, dataset, data_parallel(1), steps=2)
+  assert m.runs == 2 and m.sequential_seconds > 0 and m.batched_seconds > 0
+  assert m.pays == (m.speedup >= batched.MIN_SPEEDUP)
+
+
+def _run_isolated(code: str, timeout: float, env_extra=None) -> str:
+  """Runs ``code`` in a fresh interpreter under a timeout: multi-device XLA CPU
+  collectives have aborted whole processes before, and must not take pytest along."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", **(env_extra or {}))
+  done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  return done.stdout
+
+
+@pytest.mark.slow
+def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
+  out = _run_isolated(f"""
+      import json, jax
+      from jscale import config as config_lib, data as data_lib
+      from jscale.sharding import data_parallel
+      from jscale.train import batched
+      from tests.test_batched import QUIET, records, tiny_config
+      import pathlib
+      ds = data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
+      runs = [config_lib.resolve(tiny_config(seed=s, learning_rate=1e-3 * (s + 1), steps=3),
+                                 ds) for s in range(2)]
+      losses = {{}}
+      for devices, run_devices in ((1, 1), (2, 2), (2, 1), (4, 2)):
+        dirs = [pathlib.Path({str(tmp_path)!r}) / f"{{devices}}-{{run_devices}}-{{i}}"
+                for i in range(2)]
+        batched.train_group(runs, ds, dirs, dp=data_parallel(devices),
+                            run_devices=run_devices, progress=[QUIET] * 2)
+        losses[f"{{devices}}x{{run_devices}}"] = [[r["loss"] for r in records(d, "train")]
+                                                for d in dirs]
+      print(json.dumps(losses))
+      """, timeout=300)
+  losses = json.loads(out.strip().splitlines()[-1])
+  for layout, values in losses.items():
+    np.testing.assert_allclose(values, losses["1x1"], rtol=1e-5, err_msg=layout)
+
+
+@pytest.mark.slow
+def test_compilation_cache_is_written_and_reused(tmp_path):
+  code = f"""
+      import time, jax, jax.numpy as jnp
+      from jscale.train.batched import enable_compilation_cache
+      enable_compilation_cache({str(tmp_path)!r})
+      start = time.perf_counter()
+      jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
+      print(time.perf_counter() - start)
+      """
+  _run_isolated(code, timeout=120)
+  entries = list(tmp_path.iterdir())
+  assert entries, "the first process wrote no cache entry"
+  _run_isolated(code, timeout=120)
+  assert sorted(tmp_path.iterdir()) == sorted(entries)  # a hit adds nothing
