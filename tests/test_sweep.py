@@ -70,6 +70,16 @@ def test_isoflop_plan_trains_each_size_for_the_budget():
   assert {r.budget for r in runs} == {4e8, 8e8}
 
 
+def test_budget_warnings_say_how_far_over():
+  from jscale.sweep.runner import budget_warnings  # noqa: PLC0415
+  assert budget_warnings(1e12, 100.0, 0.0, 0.0) == []
+  assert budget_warnings(1e12, 100.0, 2e12, 1.0) == []
+  (flops_line,) = budget_warnings(3e12, 100.0, 1e12, 1.0)
+  assert "3e+12" in flops_line and "(3.00x)" in flops_line
+  (hours_line,) = budget_warnings(1e12, 7200.0, 0.0, 1.0)
+  assert "(2.00x)" in hours_line
+
+
 def test_worker_flag_parsing():
   assert plan_lib.parse_worker("1/3") == (1, 3)
   for bad in ("3/3", "a/b", "1"):
@@ -104,7 +114,13 @@ def test_dry_run_plans_and_trains_nothing(tmp_path, env):
   result = run(sweep_cmd(env, tmp_path / "w", "--dry_run"), env)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "3 runs" in result.stdout and "estimated training time" in result.stdout
+  assert "WARNING" not in result.stdout
   assert not (tmp_path / "w").exists()
+  over = run(sweep_cmd(env, tmp_path / "w", "--dry_run", "--config.sweep.max_flops=1e8",
+                       "--config.sweep.max_hours=1e-6"), env)
+  assert over.returncode == 0, over.stderr[-2000:]
+  assert "over the budget sweep.max_flops=1e+08" in over.stdout
+  assert "over the budget sweep.max_hours=1e-06" in over.stdout
 
 
 def _final_params(workdir):

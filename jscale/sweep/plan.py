@@ -40,6 +40,8 @@ def sweep_section() -> ml_collections.ConfigDict:
   #                                 largest dense run of the sweep (compress.distill settings)
   s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
   s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
+  s.max_flops = 0.0  # compute budget of the whole sweep; --dry_run warns above it (0 = none)
+  s.max_hours = 0.0  # wall-time budget at the measured throughput; --dry_run warns (0 = none)
   return s
 
 

@@ -76,8 +76,24 @@ def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp, steps: int =
   return run.flops / spec.train.steps / per_step
 
 
-def print_plan(runs, dataset, dp, worker) -> None:
-  """Lists the runs with an estimate of their wall time from measured step times."""
+def budget_warnings(total_flops: float, total_seconds: float, max_flops: float,
+                    max_hours: float) -> list[str]:
+  """Lines saying how far a plan exceeds its compute or wall-time budget (0 = no limit)."""
+  lines = []
+  if max_flops and total_flops > max_flops:
+    lines.append(f"WARNING: the plan needs {total_flops:.3g} training FLOPs, over the budget "
+                 f"sweep.max_flops={max_flops:.3g} ({total_flops / max_flops:.2f}x)")
+  if max_hours and total_seconds > max_hours * 3600:
+    lines.append(f"WARNING: the plan needs about {format_eta(total_seconds)} at the measured "
+                 f"throughput, over the budget sweep.max_hours={max_hours:g} "
+                 f"({total_seconds / (max_hours * 3600):.2f}x)")
+  return lines
+
+
+def print_plan(runs, dataset, dp, worker, max_flops: float = 0.0,
+               max_hours: float = 0.0) -> None:
+  """Lists the runs with an estimate of their wall time from measured step times, and
+  warns when the plan does not fit its budget."""
   ends = [runs[0], runs[-1]] if len(runs) > 1 else [runs[0]]
   rates = [measure_flops_per_second(r, dataset, dp) for r in ends]
   print(f"{len(runs)} runs; measured {rates[0] / 1e9:.2f} GFLOP/s (smallest)"
@@ -97,8 +113,11 @@ def print_plan(runs, dataset, dp, worker) -> None:
     print(f"{r.run_id:12}  {r.label:28} {counts.total:>10,} {counts.non_embedding:>10,} "
           f"{r.tokens:>10.3g} {r.flops:>9.2e} {format_eta(seconds):>7}"
           + ("" if mine else "  (other worker)"))
-  print(f"estimated training time for this worker: {format_eta(total)} "
-        "(plus compilation, about a second per run)")
+  total_flops = sum(r.flops for i, r in enumerate(runs) if i % worker[1] == worker[0])
+  print(f"this worker: {total_flops:.3g} training FLOPs, estimated training time "
+        f"{format_eta(total)} (plus compilation, about a second per run)")
+  for line in budget_warnings(total_flops, total, max_flops, max_hours):
+    print(line)
 
 
 def _sweep_progress(label: str, flops_after_this_run: float, started: float,
@@ -189,7 +208,8 @@ def run_sweep(config, options: SweepOptions,
   dp = data_parallel(options.num_devices)
   dp.check_batch(config.train.global_batch)
   if options.dry_run:
-    print_plan(runs, dataset, dp, options.worker)
+    print_plan(runs, dataset, dp, options.worker, config.sweep.max_flops,
+               config.sweep.max_hours)
     mine = [r for i, r in enumerate(runs) if i % options.worker[1] == options.worker[0]]
     units = training_units(mine, dataset, dp, options.batch_runs)
     print(f"training units: {len(units)} ({sum(len(u) > 1 for u in units)} batched groups)")
