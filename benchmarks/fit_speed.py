@@ -1,11 +1,17 @@
 """Chinchilla Approach-3 fit speed: scipy L-BFGS-B (analytic gradient) vs jscale.
 
 Same 240 points, same 4,500-start grid, one run. Prints both sides and ends
-with one key=value line. Usage: python benchmarks/fit_speed.py [--bootstrap=100]
+with one key=value line. jscale's first call includes compilation (reported
+separately as compile_seconds = first call - steady call); the bootstrap time
+includes the compilation of its own (vmapped) programs.
+
+Usage: python benchmarks/fit_speed.py [--bootstrap=100] [--skip_scipy]
+  [--compilation_cache=DIR]   (JAX persistent cache: run twice for warm-cache numbers)
 """
 
 import argparse
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -28,8 +34,15 @@ def _points():
   return {"N": n[keep], "C": c[keep], "loss": loss[keep]}
 
 
+# FITTING_CHECKS.md's reference procedure (~38 s unloaded): L-BFGS-B from every
+# start with an analytic gradient and ordinary tolerances. scipy's defaults
+# (ftol 2.2e-9, gtol 1e-5) are absolute on this ~1e-3 objective (check 5) and
+# measured slower here (starts crawl to maxiter); these reach the optimum.
+SCIPY_OPTIONS = {"ftol": 1e-12, "gtol": 1e-8}
+
+
 def _scipy_reference(points, starts):
-  """Careful reference: L-BFGS-B per start, analytic gradient, scale-free-enough tolerances."""
+  """Reference: L-BFGS-B per start in float64, analytic gradient, SCIPY_OPTIONS."""
   log_n, log_d, log_l = np.log(points["N"]), np.log(points["C"] / (6 * points["N"])), np.log(points["loss"])
   delta = 1e-3
 
@@ -48,7 +61,7 @@ def _scipy_reference(points, starts):
   best = None
   for start in starts:
     res = scipy_optimize.minimize(value_grad, start, jac=True, method="L-BFGS-B",
-                                  options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000})
+                                  options=SCIPY_OPTIONS)
     if best is None or res.fun < best.fun:
       best = res
   return best
@@ -58,18 +71,30 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--bootstrap", type=int, default=100)
   parser.add_argument("--skip_scipy", action="store_true")
+  parser.add_argument("--compilation_cache", default="",
+                      help="JAX persistent compilation cache directory (default: none, a cold compile)")
   args = parser.parse_args()
+  if args.compilation_cache:
+    import jax  # noqa: PLC0415  (only configured when asked for)
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  print(f"load average at start {os.getloadavg()}; {os.cpu_count()} CPUs; "
+        f"compilation cache {args.compilation_cache or 'off'}")
   points = _points()
   starts = registry.get("chinchilla").start_grid()
 
   t0 = time.perf_counter()
   first = fit_lib.fit("chinchilla", points, bootstrap=0)
   first_seconds = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  steady = fit_lib.fit("chinchilla", points, bootstrap=0)
-  fit_seconds = time.perf_counter() - t0
+  steady_times = []
+  for _ in range(5):   # the median of five: the shared cores make single calls noisy
+    t0 = time.perf_counter()
+    steady = fit_lib.fit("chinchilla", points, bootstrap=0)
+    steady_times.append(time.perf_counter() - t0)
+  fit_seconds = float(np.median(steady_times))
   print(f"jscale: objective {steady.objective:.9g} alpha {steady.params['alpha']:.5f} "
-        f"beta {steady.params['beta']:.5f} first call {first_seconds:.2f}s steady {fit_seconds:.2f}s")
+        f"beta {steady.params['beta']:.5f} first call {first_seconds:.2f}s (first objective {first.objective:.9g}) "
+        f"steady median {fit_seconds:.3f}s (min {min(steady_times):.3f}s of 5)")
 
   bootstrap_seconds = float("nan")
   if args.bootstrap:
@@ -84,8 +109,9 @@ def main():
     t0 = time.perf_counter()
     ref = _scipy_reference(points, starts)
     scipy_seconds = time.perf_counter() - t0
-    print(f"scipy L-BFGS-B, analytic gradient, {len(starts)} starts: objective {ref.fun:.9g} "
+    print(f"scipy L-BFGS-B, analytic gradient, {SCIPY_OPTIONS}, {len(starts)} starts: objective {ref.fun:.9g} "
           f"alpha {ref.x[3]:.5f} beta {ref.x[4]:.5f} in {scipy_seconds:.1f}s")
+  print(f"load average at end {os.getloadavg()}")
   print(f"fit_speedup={scipy_seconds / fit_seconds:.1f} fit_seconds={fit_seconds:.2f} "
         f"compile_seconds={first_seconds - fit_seconds:.2f} total_first_fit_seconds={first_seconds:.2f} "
         f"bootstrap_seconds={bootstrap_seconds:.1f} scipy_seconds={scipy_seconds:.1f}")
