@@ -15,12 +15,12 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
-def tiny_config(**train_overrides):
-  """A run config that trains in about a second: a 16-wide LM on synthetic text."""
+def tiny_config(width=16, **train_overrides):
+  """A run config that trains in about a second: a small LM on synthetic text."""
   from jscale import config as config_lib  # noqa: PLC0415
 
   c = config_lib.base_config()
-  c.model.width, c.model.depth, c.model.num_heads = 16, 1, 2
+  c.model.width, c.model.depth, c.model.num_heads = width, 1, 2
   c.data.name, c.data.seq_len = "synthetic_text", 16
   c.train.steps, c.train.global_batch, c.train.warmup_steps = 12, 8, 2
   c.train.eval_every, c.train.eval_batches, c.train.log_every = 6, 2, 6
@@ -28,3 +28,24 @@ def tiny_config(**train_overrides):
   for key, value in train_overrides.items():
     c.train[key] = value
   return c
+
+
+def train_alone(run, dataset, dp, steps=None):
+  """Losses and final params of ``run`` from the plain jitted single-run step: the
+  reference other training paths are compared with."""
+  import numpy as np  # noqa: PLC0415
+
+  from jscale.optim import learning_rate_schedule, make_optimizer  # noqa: PLC0415
+  from jscale.train import init_state, make_train_step  # noqa: PLC0415
+
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  step_fn = make_train_step(module, tx, learning_rate_schedule(run.train), dp,
+                            run.train.grad_accum)
+  state = jax.device_put(init_state(module, tx, run.model.dummy_inputs(1), run.train.seed),
+                         dp.replicated)
+  losses = []
+  for step in range(run.train.steps if steps is None else steps):
+    batch = dp.shard_batch(dataset.train_batch(step, run.train.global_batch, run.train.seed))
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+  return np.array(losses), jax.device_get(state.params)

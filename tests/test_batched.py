@@ -15,20 +15,18 @@ from jscale import data as data_lib
 from jscale.checkpoint import Checkpointer
 from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import data_parallel
-from jscale.train import batched, grouping, init_state, make_train_step, train
+from jscale.train import batched, grouping, init_state, train
+
+import conftest
+from conftest import train_alone
 
 QUIET = lambda p: None  # noqa: E731
 
 
 def tiny_config(width=16, **train_overrides):
-  c = config_lib.base_config()
-  c.model.width, c.model.depth, c.model.num_heads = width, 1, 2
-  c.data.name, c.data.seq_len = "synthetic_text", 16
-  c.train.steps, c.train.global_batch, c.train.warmup_steps = 8, 8, 2
-  c.train.eval_every, c.train.eval_batches, c.train.log_every = 4, 2, 4
-  c.checkpoint.every, c.checkpoint.keep, c.checkpoint.async_save = 3, 3, False
-  for key, value in train_overrides.items():
-    c.train[key] = value
+  c = conftest.tiny_config(width, **{"steps": 8, "eval_every": 4, "log_every": 4,
+                                     **train_overrides})
+  c.checkpoint.every = 3
   return c
 
 
@@ -47,21 +45,6 @@ def dataset():
 @pytest.fixture(scope="module")
 def runs(dataset):
   return [config_lib.resolve(tiny_config(**v), dataset) for v in VARIANTS]
-
-
-def train_alone(run, dataset, dp):
-  """Losses and final params from the single-run step, the reference."""
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  step_fn = make_train_step(module, tx, learning_rate_schedule(run.train), dp,
-                            run.train.grad_accum)
-  state = jax.device_put(init_state(module, tx, run.model.dummy_inputs(1), run.train.seed),
-                         dp.replicated)
-  losses = []
-  for step in range(run.train.steps):
-    batch = dp.shard_batch(dataset.train_batch(step, run.train.global_batch, run.train.seed))
-    state, metrics = step_fn(state, batch)
-    losses.append(float(metrics["loss"]))
-  return np.array(losses), jax.device_get(state.params)
 
 
 def records(folder, kind):

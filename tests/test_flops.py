@@ -120,7 +120,6 @@ def test_the_real_train_step_matches_the_convention_within_10_percent(
   from jscale import config as config_lib  # noqa: PLC0415
   from jscale import data as data_lib  # noqa: PLC0415
   from jscale.optim import learning_rate_schedule, make_optimizer  # noqa: PLC0415
-  from jscale.sharding import data_parallel  # noqa: PLC0415
   from jscale.train.step import init_state, train_step_fn  # noqa: PLC0415
 
   c = config_lib.base_config()

@@ -14,28 +14,14 @@ from jscale.checkpoint import Checkpointer
 from jscale.evaluate import evaluate_run
 from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import data_parallel
-from jscale.train import init_state, make_train_step, train
+from jscale.train import init_state, train
 
-from conftest import tiny_config
+from conftest import tiny_config, train_alone
 
 
 @pytest.fixture(scope="module")
 def dataset():
   return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
-
-
-def _run_steps(run, dataset, dp, steps):
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  step_fn = make_train_step(module, tx, learning_rate_schedule(run.train), dp,
-                            run.train.grad_accum)
-  state = jax.device_put(init_state(module, tx, run.model.dummy_inputs(1), run.train.seed),
-                         dp.replicated)
-  losses = []
-  for step in range(steps):
-    batch = dp.shard_batch(dataset.train_batch(step, run.train.global_batch, run.train.seed))
-    state, metrics = step_fn(state, batch)
-    losses.append(float(metrics["loss"]))
-  return np.array(losses), jax.device_get(state.params)
 
 
 def _assert_trees_close(a, b, rtol):
@@ -46,8 +32,8 @@ def _assert_trees_close(a, b, rtol):
 def test_eight_devices_equal_one_device(dataset):
   assert len(jax.devices()) == 8, "conftest forces 8 host devices"
   run = config_lib.resolve(tiny_config(steps=20), dataset)
-  losses_1, params_1 = _run_steps(run, dataset, data_parallel(1), 20)
-  losses_8, params_8 = _run_steps(run, dataset, data_parallel(8), 20)
+  losses_1, params_1 = train_alone(run, dataset, data_parallel(1), 20)
+  losses_8, params_8 = train_alone(run, dataset, data_parallel(8), 20)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
   _assert_trees_close(params_8, params_1, rtol=1e-5)
   assert losses_1[-1] < losses_1[0]
@@ -56,15 +42,15 @@ def test_eight_devices_equal_one_device(dataset):
 def test_gradient_accumulation_equals_full_batch(dataset):
   full = config_lib.resolve(tiny_config(grad_accum=1), dataset)
   accumulated = config_lib.resolve(tiny_config(grad_accum=4), dataset)
-  losses_full, params_full = _run_steps(full, dataset, data_parallel(2), 5)
-  losses_acc, params_acc = _run_steps(accumulated, dataset, data_parallel(2), 5)
+  losses_full, params_full = train_alone(full, dataset, data_parallel(2), 5)
+  losses_acc, params_acc = train_alone(accumulated, dataset, data_parallel(2), 5)
   np.testing.assert_allclose(losses_acc, losses_full, rtol=1e-5)
   _assert_trees_close(params_acc, params_full, rtol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params(dataset):
   run = config_lib.resolve(tiny_config(compute_dtype="bfloat16"), dataset)
-  losses, params = _run_steps(run, dataset, data_parallel(1), 3)
+  losses, params = train_alone(run, dataset, data_parallel(1), 3)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   assert np.all(np.isfinite(losses))
 
