@@ -34,7 +34,7 @@ KERNEL_SIZE = 3
 
 
 @dataclasses.dataclass(frozen=True)
-class CNNSpec:
+class CNNSpec(spec_lib.ImageClassifierSpec):
   """A residual CNN classifier at one size.
 
   Attributes:
@@ -51,21 +51,8 @@ class CNNSpec:
   num_classes: int = 10
   dtype: str = "float32"
 
-  def __post_init__(self):
-    spec_lib.check_common(self)
-    object.__setattr__(
-        self, "input_shape", spec_lib.normalized_input_shape(self.input_shape))
-    spec_lib.check_positive_int("num_classes", self.num_classes)
-
-  @property
-  def units_per_example(self) -> int:
-    return 1
-
   def make_module(self) -> nn.Module:
     return CNN(self)
-
-  def dummy_inputs(self, batch_size: int) -> jax.Array:
-    return jnp.zeros((batch_size, *self.input_shape), jnp.float32)
 
   def downsample_after(self) -> frozenset[int]:
     """Indices of the blocks followed by a 2x2 average pool."""

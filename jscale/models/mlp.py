@@ -21,7 +21,7 @@ from jscale.models import spec as spec_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPSpec:
+class MLPSpec(spec_lib.ImageClassifierSpec):
   """A multilayer perceptron classifier at one size.
 
   Attributes:
@@ -38,25 +38,12 @@ class MLPSpec:
   num_classes: int = 10
   dtype: str = "float32"
 
-  def __post_init__(self):
-    spec_lib.check_common(self)
-    object.__setattr__(
-        self, "input_shape", spec_lib.normalized_input_shape(self.input_shape))
-    spec_lib.check_positive_int("num_classes", self.num_classes)
-
   @property
   def input_size(self) -> int:
     return math.prod(self.input_shape)
 
-  @property
-  def units_per_example(self) -> int:
-    return 1
-
   def make_module(self) -> nn.Module:
     return MLP(self)
-
-  def dummy_inputs(self, batch_size: int) -> jax.Array:
-    return jnp.zeros((batch_size, *self.input_shape), jnp.float32)
 
   def multiply_adds(self) -> int:
     """Multiply-accumulates of one forward pass on one example."""

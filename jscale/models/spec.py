@@ -98,3 +98,21 @@ def normalized_input_shape(value: object) -> tuple[int, int, int]:
 
 def compute_dtype(spec: ModelSpec) -> jnp.dtype:
   return jnp.dtype(spec.dtype)
+
+
+class ImageClassifierSpec:
+  """What the image classifier specs (MLP, CNN) share: validation of the image fields,
+  one example per unit, and zero images as dummy inputs. Mixed into frozen dataclasses
+  that declare ``width``, ``depth``, ``input_shape``, ``num_classes`` and ``dtype``."""
+
+  def __post_init__(self):
+    check_common(self)
+    object.__setattr__(self, "input_shape", normalized_input_shape(self.input_shape))
+    check_positive_int("num_classes", self.num_classes)
+
+  @property
+  def units_per_example(self) -> int:
+    return 1
+
+  def dummy_inputs(self, batch_size: int) -> jax.Array:
+    return jnp.zeros((batch_size, *self.input_shape), jnp.float32)
