@@ -7,6 +7,7 @@ runs i, i+K, ... of the plan, so every run is trained exactly once.
 
 import dataclasses
 import json
+import math
 import time
 from typing import Callable
 
@@ -120,15 +121,20 @@ def print_plan(runs, dataset, dp, worker, max_flops: float = 0.0,
     print(line)
 
 
-def _sweep_progress(label: str, flops_after_this_run: float, started: float,
+def _sweep_progress(run: plan_lib.PlannedRun, flops_after_this_run: float, started: float,
                     flops_done: Callable[[], float]) -> Callable[[Progress], None]:
   """Step lines with the run's ETA and the sweep's (this run's plus the rest at the
-  FLOP rate of the runs finished so far in this process)."""
+  FLOP rate of the runs finished so far in this process, or this run's rate before any
+  has finished)."""
+  label, flops_per_unit = run.label, run.flops / run.tokens
+
   def show(p: Progress) -> None:
     rate = flops_done() / max(time.perf_counter() - started, 1e-9)
+    if rate <= 0 and math.isfinite(p.units_per_second):
+      rate = p.units_per_second * flops_per_unit
     sweep_eta = (p.run_eta_seconds + flops_after_this_run / rate) if rate > 0 else float("nan")
     print(f"  {label} step {p.step}/{p.steps} loss {p.loss:.4f} "
-          f"{p.tokens_per_second:,.0f} tok/s eta {format_eta(p.run_eta_seconds)} "
+          f"{p.units_per_second:,.0f} {p.unit}/s eta {format_eta(p.run_eta_seconds)} "
           f"(sweep {format_eta(sweep_eta)})", flush=True)
   return show
 
@@ -235,7 +241,7 @@ def run_sweep(config, options: SweepOptions,
             f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)"
             + (f" batched with {len(unit) - 1} more" if len(unit) > 1 else ""), flush=True)
     after = remaining[0] - sum(r.flops for r in unit)
-    progress = [_sweep_progress(r.label, after, started, lambda: done_flops[0]) for r in unit]
+    progress = [_sweep_progress(r, after, started, lambda: done_flops[0]) for r in unit]
     results = _train_unit(unit, dataset, workdir, dp, should_stop, progress)
     preempted = False
     for run, result in zip(unit, results):

@@ -42,7 +42,7 @@ from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import DataParallel
 from jscale.train import grouping
 from jscale.train.loop import (Progress, _eval_record, evaluate, final_evaluation,
-                               print_progress, result_record)
+                               print_progress, result_record, unit_name)
 from jscale.train.step import (TrainState, init_state, make_eval_step, make_train_step,
                                train_step_fn)
 
@@ -133,7 +133,8 @@ class _Member:
       units = t.global_batch * self.run.model.units_per_example
       rate = done * units / elapsed if done and elapsed > 0 else float("nan")
       eta = (t.steps - step) * elapsed / done if done else float("nan")
-      self.progress(Progress(step, t.steps, values["loss"], rate, eta))
+      self.progress(Progress(step, t.steps, values["loss"], rate, eta,
+                             unit_name(self.run.model)))
     return math.isfinite(values["loss"])
 
   def save(self, step: int, state: TrainState, elapsed: float) -> None:

@@ -37,14 +37,19 @@ class Progress:
   step: int
   steps: int
   loss: float
-  tokens_per_second: float
+  units_per_second: float  # tokens (language models) or examples (classifiers)
   run_eta_seconds: float
+  unit: str = "tok"  # "tok" or "ex"
+
+
+def unit_name(model_spec) -> str:
+  return "tok" if model_spec.units_per_example > 1 else "ex"
 
 
 def print_progress(prefix: str) -> Callable[[Progress], None]:
   def show(p: Progress) -> None:
     print(f"{prefix} step {p.step}/{p.steps} loss {p.loss:.4f} "
-          f"{p.tokens_per_second:,.0f} tok/s eta {format_eta(p.run_eta_seconds)}", flush=True)
+          f"{p.units_per_second:,.0f} {p.unit}/s eta {format_eta(p.run_eta_seconds)}", flush=True)
   return show
 
 
@@ -163,7 +168,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
         done, elapsed = step - timed_from[0], now - timed_from[1]
         rate = done * units_per_step / elapsed if done and elapsed > 0 else float("nan")
         eta = (t.steps - step) * elapsed / done if done else float("nan")
-        progress(Progress(step, t.steps, values["loss"], rate, eta))
+        progress(Progress(step, t.steps, values["loss"], rate, eta, unit_name(run.model)))
       return math.isfinite(values["loss"])
 
     for step in range(start, t.steps):
