@@ -103,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.run_main(main))
+  app.run(cli.run_main(main), flags_parser=cli.flags_parser)
