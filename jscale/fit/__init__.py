@@ -1,4 +1,4 @@
-"""jscale's differentiable scaling-law fitter (see notes/fit_readme.md).
+"""jscale's differentiable scaling-law fitter (user docs: README.md, "Fitting scaling laws").
 
 Public API: ``fit``, ``fit_sweep_results``, ``summary``, ``plot_fit``,
 ``FitResult``, and the law ``registry``.

@@ -234,7 +234,7 @@ def fit_sweep_results(results_csv_path: str, out_dir: str, *, bootstrap: int = 1
   The main law is fitted to the dense, uncompressed ``done`` rows. Pruned
   runs get the sparsity law, post-training quantized losses and distilled
   students are reported against the dense law, and IsoFLOP budgets get
-  Approach 2 (the fit.json keys are in notes/fit_laws_readme.md).
+  Approach 2 (the fit.json keys are documented in README.md).
   """
   cells = table.read_csv(results_csv_path)
   for name in ("params_non_embedding", "tokens", "val_loss"):
