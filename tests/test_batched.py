@@ -168,8 +168,10 @@ def test_measure_batching_reports_both_timings(dataset, runs):
 def _run_isolated(code: str, timeout: float, env_extra=None) -> str:
   """Runs ``code`` in a fresh interpreter under a timeout: multi-device XLA CPU
   collectives have aborted whole processes before, and must not take pytest along."""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))  # for `import conftest`
+  path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", **(env_extra or {}))
+             JAX_PLATFORMS="cpu", PYTHONPATH=path, **(env_extra or {}))
   done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -183,7 +185,7 @@ def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
       from jscale import config as config_lib, data as data_lib
       from jscale.sharding import data_parallel
       from jscale.train import batched
-      from tests.test_batched import QUIET, records, tiny_config
+      from test_batched import QUIET, records, tiny_config
       import pathlib
       ds = data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
       runs = [config_lib.resolve(tiny_config(seed=s, learning_rate=1e-3 * (s + 1), steps=3),
