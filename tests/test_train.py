@@ -160,13 +160,13 @@ def test_batch_not_divisible_by_devices_is_rejected():
 
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_image_classifiers_train_and_report_accuracy(tmp_path, family):
-  c = tiny_config(steps=60, global_batch=32, learning_rate=3e-3, warmup_steps=4)
+  c = tiny_config(steps=60, global_batch=32, learning_rate=1e-2, warmup_steps=4)
   c.model.family, c.model.width, c.model.depth = family, 16, 1
   c.data.name = "digits"
   images = data_lib.load(data_lib.DataSpec(name="digits"))
   run = config_lib.resolve(c, images)
   result = train(run, images, tmp_path, dp=data_parallel(1), progress=lambda p: None)
-  assert result["status"] == "done" and 0.0 <= result["val_accuracy"] <= 1.0
+  assert result["status"] == "done" and result["val_accuracy"] > 0.6  # chance is 0.1
   assert result["tokens"] == 60 * 32  # examples
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in records if r["kind"] == "train"]

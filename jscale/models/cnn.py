@@ -4,8 +4,10 @@ Shape letters: B batch, H/W spatial size at the current stage, C input
 channels, D width (channels of every block), N classes.
 
 Architecture: a linear 3x3 stem conv (C -> D), then ``depth`` pre-norm residual
-blocks ``x + conv3x3(relu(layer_norm(x)))``, then a final LayerNorm, global
-average pool and dense head. Blocks are split into at most
+blocks ``x + conv3x3(relu(layer_norm(x)))``, then a final LayerNorm and a dense
+head on the flattened last feature map (a global average pool instead trained far
+slower on small images: on 8x8 digits, width 16, 100 Adam steps reached loss 2.0
+pooled vs 0.15 flattened). Blocks are split into at most
 MAX_DOWNSAMPLES + 1 equal stages with a 2x2 average pool between stages, and a
 pool happens only while both spatial sides stay >= 2, so a 64-block net still
 runs on 8x8 digits (8 -> 4 -> 2) and on 28x28 MNIST (28 -> 14 -> 7). Channels
@@ -16,7 +18,7 @@ function of its parameters: no mutable batch statistics under ``jax.vmap``.
 Initialisation: the stem is fan-in normal (std 1/sqrt(9C)); block convs are
 He-normal (std sqrt(2 / 9D)) scaled by 1/sqrt(depth) so the residual stream's
 variance stays O(1) at any depth; biases are zero; the head has std
-HEAD_LOGIT_STD / sqrt(D) (see ``spec``).
+HEAD_LOGIT_STD / sqrt(fan_in) with fan_in = H * W * D of the last stage (see ``spec``).
 """
 
 import dataclasses
@@ -75,6 +77,12 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
         height, width = height // 2, width // 2
     return resolutions
 
+  def head_inputs(self) -> int:
+    """Features the head reads: the flattened last feature map (no block is followed by
+    a pool, so it is the last block's resolution)."""
+    height, width = self.block_resolutions()[-1]
+    return height * width * self.width
+
   def stem_multiply_adds(self) -> int:
     height, width, channels = self.input_shape
     return (valid_taps(height) * valid_taps(width) * channels * self.width)
@@ -87,13 +95,13 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
     """
     blocks = sum(valid_taps(h) * valid_taps(w) * self.width**2
                  for h, w in self.block_resolutions())
-    return self.stem_multiply_adds() + blocks + self.width * self.num_classes
+    return self.stem_multiply_adds() + blocks + self.head_inputs() * self.num_classes
 
   def param_counts(self) -> spec_lib.ParamCounts:
     taps = KERNEL_SIZE**2
     stem = taps * self.input_shape[2] * self.width + self.width
     block = 2 * self.width + taps * self.width**2 + self.width
-    head = self.width * self.num_classes + self.num_classes
+    head = self.head_inputs() * self.num_classes + self.num_classes
     total = stem + self.depth * block + 2 * self.width + head
     return spec_lib.ParamCounts(total=total, non_embedding=total)
 
@@ -139,10 +147,10 @@ class CNN(nn.Module):
       if i in pooled_after:
         x_BxHxWxD = nn.avg_pool(x_BxHxWxD, (2, 2), strides=(2, 2))
     x_BxHxWxD = nn.LayerNorm(dtype=dtype, name="final_norm")(x_BxHxWxD)
-    features_BxD = x_BxHxWxD.mean(axis=(1, 2))
+    features_BxF = x_BxHxWxD.reshape(x_BxHxWxD.shape[0], -1)  # F = H * W * D
     logits_BxN = nn.Dense(
         s.num_classes, dtype=dtype,
         kernel_init=nn.initializers.normal(
-            spec_lib.HEAD_LOGIT_STD / math.sqrt(s.width)),
-        name="head")(features_BxD)
+            spec_lib.HEAD_LOGIT_STD / math.sqrt(s.head_inputs())),
+        name="head")(features_BxF)
     return logits_BxN.astype(jnp.float32)
