@@ -10,7 +10,6 @@ Usage: python benchmarks/fit_speed.py [--bootstrap=100] [--skip_scipy]
 """
 
 import argparse
-import csv
 import os
 import time
 from pathlib import Path
@@ -20,18 +19,16 @@ from scipy import optimize as scipy_optimize
 
 from jscale import fit as fit_lib
 from jscale.fit import registry
+from jscale.fit import table
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/chinchilla_epoch_replication.csv"
 
 
 def _points():
-  with open(DATA, newline="") as f:
-    rows = list(csv.DictReader(f))
-  n = np.array([float(r["Model Size"]) for r in rows])
-  c = np.array([float(r["Training FLOP"]) for r in rows])
-  loss = np.array([float(r["loss"]) for r in rows])
-  keep = loss < np.sort(loss)[-5]
-  return {"N": n[keep], "C": c[keep], "loss": loss[keep]}
+  cells = table.read_csv(str(DATA))
+  return table.drop_highest_loss({"N": table.positive_column(cells, "Model Size"),
+                                  "C": table.positive_column(cells, "Training FLOP"),
+                                  "loss": table.positive_column(cells, "loss")}, 5)
 
 
 # FITTING_CHECKS.md's reference procedure (~38 s unloaded): L-BFGS-B from every

@@ -69,12 +69,7 @@ def _columns(cells) -> dict[str, np.ndarray]:
   cols = {key: table.positive_column(cells, name) for key, name in names.items() if name}
   if _S_COL.value:
     cols["S"] = table.check_fraction(_S_COL.value, table.float_column(cells, _S_COL.value))
-  if _DROP.value:
-    if not 0 <= _DROP.value < len(cols["loss"]):
-      raise ValueError(f"drop_highest_loss must be in [0, {len(cols['loss'])}), got {_DROP.value}")
-    keep = cols["loss"] < np.sort(cols["loss"])[-_DROP.value]
-    cols = {k: v[keep] for k, v in cols.items()}
-  return cols
+  return table.drop_highest_loss(cols, _DROP.value)
 
 
 def main(argv):

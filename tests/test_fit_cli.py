@@ -171,3 +171,14 @@ def test_cli_sparsity_law_on_t5_writes_named_parameters(tmp_path):
   assert written["effective_params"]["by_sparsity"]["0.875"] > 1.0
   assert "N_eff/N at sparsity 0.5" in proc.stdout
   assert (tmp_path / "plots" / "fit.png").stat().st_size > 0
+
+
+def test_drop_highest_loss_keeps_the_rest_in_order():
+  import numpy as np  # noqa: PLC0415
+  from jscale.fit import table  # noqa: PLC0415
+  columns = {"N": np.array([1.0, 2.0, 3.0, 4.0]), "loss": np.array([3.0, 9.0, 1.0, 5.0])}
+  kept = table.drop_highest_loss(columns, 2)
+  assert kept["N"].tolist() == [1.0, 3.0] and kept["loss"].tolist() == [3.0, 1.0]
+  assert table.drop_highest_loss(columns, 0) is columns
+  with pytest.raises(ValueError, match=r"drop_highest_loss must be an integer in \[0, 4\), got 4"):
+    table.drop_highest_loss(columns, 4)

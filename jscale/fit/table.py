@@ -63,3 +63,15 @@ def _check(name: str, values: np.ndarray, ok: np.ndarray, allowed: str) -> np.nd
     more = f" and {bad.size - 5} more" if bad.size > 5 else ""
     raise ValueError(f"column {name} must be {allowed}; bad values at {shown}{more}")
   return values
+
+
+def drop_highest_loss(columns: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+  """``columns`` without the rows of the ``k`` highest losses (the standard analysis of
+  the Chinchilla data drops 5)."""
+  if not isinstance(k, int) or not 0 <= k < len(columns["loss"]):
+    raise ValueError(f"drop_highest_loss must be an integer in [0, {len(columns['loss'])}), "
+                     f"got {k!r}")
+  if k == 0:
+    return columns
+  keep = columns["loss"] < np.sort(columns["loss"])[-k]
+  return {name: values[keep] for name, values in columns.items()}
