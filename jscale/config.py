@@ -14,9 +14,9 @@ import ml_collections
 from jscale import compress
 from jscale import data as data_lib
 from jscale import models
+from jscale.models.spec import COMPUTE_DTYPES
 
 SCHEDULES = ("cosine", "linear", "constant")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -44,9 +44,6 @@ class DataParallel:
         lambda x: jax.make_array_from_process_local_data(self.batch, np.asarray(x)),
         local_batch)
 
-  def replicate(self, tree):
-    return jax.device_put(tree, self.replicated)
-
 
 def data_parallel(num_devices: int = 0) -> DataParallel:
   """A mesh over the first ``num_devices`` devices (0 = all devices of all hosts)."""

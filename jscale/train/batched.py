@@ -41,7 +41,7 @@ from jscale.metrics import MetricsLog
 from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import DataParallel
 from jscale.train import grouping
-from jscale.train.loop import (Progress, _eval_record, evaluate, final_evaluation,
+from jscale.train.loop import (Progress, eval_record, evaluate, final_evaluation,
                                print_progress, result_record, unit_name)
 from jscale.train.step import (TrainState, init_state, make_eval_step, make_train_step,
                                train_step_fn)
@@ -228,7 +228,7 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
   step_fn = make_group_step(runs[0], layout)
   eval_step = make_eval_step(runs[0].model.make_module(), dp)
   eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
-  evaluate_slot = lambda state, r: _eval_record(  # noqa: E731
+  evaluate_slot = lambda state, r: eval_record(  # noqa: E731
       dataset, evaluate(eval_step, _slot(state, r, dp).params, eval_batches, dp))
 
   with contextlib.ExitStack() as stack:

@@ -71,7 +71,7 @@ def evaluate(eval_step, params, eval_batches: list, dp: DataParallel) -> dict:
   return {k: float(np.mean([float(t[k]) for t in totals])) for k in totals[0]}
 
 
-def _eval_record(dataset, values: dict) -> dict:
+def eval_record(dataset, values: dict) -> dict:
   record = {"val_loss": values["loss"]}
   if dataset.kind == "text":  # byte tokens: nats per token / ln 2 = bits per byte
     record["val_bpb"] = values["loss"] / LN2
@@ -95,7 +95,7 @@ def final_evaluation(run: RunSpec, compression, params, dataset, eval_batches: l
   compression report, and post-training quantization at each ``ptq_eval_bits``."""
   module = run.model.make_module()
   final_params = compression.after_training(params)
-  record = _eval_record(dataset, evaluate(make_eval_step(module, dp, compression),
+  record = eval_record(dataset, evaluate(make_eval_step(module, dp, compression),
                                           final_params, eval_batches, dp))
   record.update(compression.report(final_params))
   record["params_nonzero_non_embedding"] = _nonzero_non_embedding(run.model, params)
@@ -188,7 +188,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
         pending = None
         save(done_steps, state)
       if done_steps % t.eval_every == 0 and done_steps < t.steps:
-        log.append("eval", done_steps, _eval_record(dataset, evaluate(
+        log.append("eval", done_steps, eval_record(dataset, evaluate(
             eval_step, state.params, eval_batches, dp)))
       if stop:
         ckpt.wait()
