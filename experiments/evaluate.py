@@ -9,6 +9,7 @@ from absl import app, flags
 from etils import epath
 
 from jscale import cli
+from jscale.config import absolute_path
 from jscale.evaluate import evaluate_run
 from jscale.sharding import data_parallel
 from jscale.sweep.results import read_result
@@ -20,21 +21,49 @@ _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 0, "Validation batches (0 =
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices to evaluate on (0 = all).")
 
 
+def _status(folder: epath.Path) -> str | None:
+  try:
+    return (read_result(folder) or {}).get("status")
+  except ValueError:  # a damaged result.json: not a finished run
+    return None
+
+
+def _run_folders(workdir: str) -> list[epath.Path]:
+  """The folders to evaluate: --run (which must have finished) or every finished run."""
+  runs = epath.Path(workdir) / "runs"
+  if not runs.is_dir():
+    raise ValueError(f"--workdir {workdir} has no runs/ folder; is it a sweep's workdir?")
+  if not _RUN.value:
+    folders = [p for p in sorted(runs.iterdir()) if _status(p) == "done"]
+    if not folders:
+      raise ValueError(f"--workdir {workdir} has no finished run to evaluate")
+    return folders
+  folder = runs / _RUN.value
+  if "/" in _RUN.value or not folder.is_dir():
+    known = sorted(p.name for p in runs.iterdir())
+    raise ValueError(f"--run {_RUN.value!r} is not a run of {workdir}; known: {known}")
+  status = _status(folder)
+  if status != "done":
+    raise ValueError(f"--run {_RUN.value} has not finished (status {status or 'running'}); "
+                     "resume its sweep first")
+  return [folder]
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
   if not _WORKDIR.value:
-    raise ValueError("--workdir is required")
-  runs = epath.Path(_WORKDIR.value) / "runs"
-  if not runs.exists():
-    raise ValueError(f"--workdir {_WORKDIR.value} has no runs/ folder")
-  if _RUN.value:
-    if not (runs / _RUN.value).exists():
-      known = sorted(p.name for p in runs.iterdir())
-      raise ValueError(f"--run {_RUN.value!r} is not a run of {_WORKDIR.value}; known: {known}")
-    folders = [runs / _RUN.value]
-  else:
-    folders = [p for p in sorted(runs.iterdir())
-               if (read_result(p) or {}).get("status") == "done"]
+    raise ValueError("--workdir is required: the sweep's folder")
+  if _STEP.value is not None and _STEP.value < 0:
+    raise ValueError(f"--step must be a checkpoint step >= 0, got {_STEP.value}")
+  if _EVAL_BATCHES.value < 0:
+    raise ValueError(f"--eval_batches must be >= 0 (0 = the run's), got {_EVAL_BATCHES.value}")
+  if _NUM_DEVICES.value < 0:
+    raise ValueError(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
+  workdir = absolute_path(_WORKDIR.value)
+  folders = _run_folders(workdir)
+  for folder in folders:
+    cli.check_writable_file("--workdir", str(folder / "eval.json"))
   dp = data_parallel(_NUM_DEVICES.value)
   for folder in folders:
     record = evaluate_run(folder, dp, step=_STEP.value, eval_batches=_EVAL_BATCHES.value)

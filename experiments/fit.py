@@ -11,6 +11,8 @@ Wall time on the 2-core CPU dev box: about 2 s for a 4,500-start Chinchilla fit 
 fresh process, about 15 s more for 100 full-grid bootstrap resamples (BUILD_NOTES.md).
 """
 
+import json
+import math
 import os
 
 from absl import app
@@ -19,6 +21,8 @@ import numpy as np
 
 from jscale import cli
 from jscale import fit as fit_lib
+from jscale.config import absolute_path
+from jscale.fit import api as fit_api
 from jscale.fit import table
 
 _CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
@@ -62,8 +66,12 @@ def _law_name() -> str:
 
 
 def _columns(cells) -> dict[str, np.ndarray]:
-  if _C_COL.value and _D_COL.value:
-    raise ValueError(f"give --c_col or --d_col, not both (got {_C_COL.value!r} and {_D_COL.value!r})")
+  # A jscale results.csv counts FLOPs by jscale.flops, not 6ND: nothing may be derived from C.
+  jscale_table = {"run_id", "params_non_embedding", "tokens", "flops"} <= set(cells)
+  if jscale_table and _C_COL.value and not (_N_COL.value and _D_COL.value):
+    raise ValueError(f"--c_col={_C_COL.value} on a jscale results table needs --n_col=params_non_embedding "
+                     "and --d_col=tokens too: its FLOPs follow jscale.flops, not C = 6ND, so N and D "
+                     "cannot be derived from C")
   names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "P": _P_COL.value, "T": _T_COL.value,
            "loss": _LOSS_COL.value}
   cols = {key: table.positive_column(cells, name) for key, name in names.items() if name}
@@ -72,8 +80,56 @@ def _columns(cells) -> dict[str, np.ndarray]:
   return table.drop_highest_loss(cols, _DROP.value)
 
 
+def _check_numbers() -> None:
+  """Numeric flags: finite and in range, before anything is read or fitted."""
+  checks = [("--bootstrap", _BOOTSTRAP.value, _BOOTSTRAP.value >= 0, ">= 0"),
+            ("--seed", _SEED.value, _SEED.value >= 0, ">= 0"),
+            ("--huber_delta", _DELTA.value, math.isfinite(_DELTA.value) and _DELTA.value > 0,
+             "a finite number > 0")]
+  if _COMPUTE.value is not None:
+    checks.append(("--compute", _COMPUTE.value,
+                   math.isfinite(_COMPUTE.value) and _COMPUTE.value > 0, "a finite number > 0"))
+  if _HOLDOUT_AT.value is not None:
+    checks.append(("--holdout_above", _HOLDOUT_AT.value, math.isfinite(_HOLDOUT_AT.value),
+                   "a finite number"))
+  for flag, value, ok, allowed in checks:
+    if not ok:
+      raise ValueError(f"{flag} must be {allowed}, got {value}")
+
+
+def _check_identifiable(law: str, cols: dict[str, np.ndarray]) -> None:
+  """A law fitted along a constant covariate has no unique answer: refuse it."""
+  if law == fit_api.ISOFLOP:
+    return
+  spec = fit_lib.registry.get(law)
+  names = {"N": _N_COL.value, "D": _D_COL.value or _C_COL.value, "C": _C_COL.value,
+           "S": _S_COL.value, "P": _P_COL.value, "T": _T_COL.value}
+  table.check_identifiable(law, spec.covariates, spec.n_params,
+                           fit_api.complete_columns(spec.covariates, cols), names)
+
+
+def _check_sweep_workdir(workdir: str) -> str:
+  """The workdir's results.csv, after checking the folder is a readable sweep whose fit
+  can be written."""
+  if not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} " + ("is a file, not a sweep folder"
+                                                 if os.path.exists(workdir) else "does not exist"))
+  sweep_json = os.path.join(workdir, "sweep.json")
+  if os.path.exists(sweep_json):
+    try:
+      with open(sweep_json, "rb") as f:
+        json.load(f)["comparable"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{sweep_json} is damaged ({type(e).__name__}); is {workdir} a "
+                       "jscale sweep folder?") from None
+  cli.check_writable_file("--workdir", os.path.join(workdir, "fit.json"))
+  cli.check_writable_folder("--workdir", os.path.join(workdir, "plots"))
+  return os.path.join(workdir, "results.csv")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
   if bool(_CSV.value) == bool(_WORKDIR.value):
     raise ValueError("give exactly one of --csv or --workdir")
   holdout = None
@@ -81,19 +137,34 @@ def main(argv):
     raise ValueError("--holdout_covariate and --holdout_above go together")
   if _HOLDOUT_COL.value:
     holdout = (_HOLDOUT_COL.value, _HOLDOUT_AT.value)
+  _check_numbers()
   if _WORKDIR.value:
+    workdir = absolute_path(_WORKDIR.value)
+    results_csv = _check_sweep_workdir(workdir)
     law = _law_name() if _LAW.value else None
-    result = fit_lib.fit_sweep_results(os.path.join(_WORKDIR.value, "results.csv"), _WORKDIR.value,
-                                       bootstrap=_BOOTSTRAP.value, seed=_SEED.value, law=law)
+    cells = table.read_csv(results_csv)  # a damaged table fails here, naming the file
+    if law == fit_api.ISOFLOP and not any(cells.get("budget", ())):
+      raise ValueError(f"--law=isoflop needs IsoFLOP budgets but {results_csv} has no budget "
+                       "values; plan the sweep with sweep.budgets")
+    result = fit_lib.fit_sweep_results(results_csv, workdir, bootstrap=_BOOTSTRAP.value,
+                                       seed=_SEED.value, law=law)
     print(fit_lib.summary(result))
     return
   law = _law_name()
-  cols = _columns(table.read_csv(_CSV.value))
+  if law == fit_api.ISOFLOP and not _C_COL.value:
+    raise ValueError("--law=isoflop needs the budget column: give --c_col (the FLOP budget "
+                     "of each IsoFLOP profile)")
+  out = absolute_path(_OUT.value)
+  plots = absolute_path(_PLOTS.value or os.path.join(os.path.dirname(out), "plots"))
+  cli.check_writable_file("--out", out)
+  cli.check_writable_folder("--plots", plots)
+  cols = _columns(table.read_csv(absolute_path(_CSV.value)))
+  _check_identifiable(law, cols)
   result = fit_lib.fit(law, cols, huber_delta=_DELTA.value, bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
                        compute=_COMPUTE.value, reduction=_REDUCTION.value, prune=not _FULL.value,
                        holdout=holdout, residual=_RESIDUAL.value)
-  fit_lib.write_json(result, _OUT.value)
-  fit_lib.plot_fit(result, _PLOTS.value or os.path.join(os.path.dirname(os.path.abspath(_OUT.value)), "plots"))
+  fit_lib.write_json(result, out)
+  fit_lib.plot_fit(result, plots)
   print(fit_lib.summary(result))
 
 

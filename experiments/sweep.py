@@ -6,14 +6,17 @@ same command again resumes. SIGTERM (a preemption notice) checkpoints and exits 
 This file is intentionally short: the logic lives in ``jscale.sweep``.
 """
 
-import os
+import json
+import pathlib
 import signal
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from jscale import cli
+from jscale import config as config_lib
 from jscale import sweep
 from jscale.train import batched
 
@@ -36,21 +39,51 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
 
 
+def _check_workdir(workdir: str) -> None:
+  """A workdir must be a writable folder (or creatable), and a sweep.json in it readable."""
+  cli.check_writable_folder("--workdir", workdir)
+  sweep_json = pathlib.Path(workdir, "sweep.json")
+  if "://" not in workdir and sweep_json.exists():
+    try:
+      json.loads(sweep_json.read_bytes())["comparable"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{sweep_json} is damaged ({type(e).__name__}); restore it, or "
+                       "start the sweep in a new --workdir") from None
+
+
+def _pin_overrides(config) -> None:
+  """Run keys given on the command line must not be replaced by a sweep axis."""
+  if "sweep" not in config:
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    raise ValueError(f"--config file {path} has no sweep section; experiments.sweep needs "
+                     "c.sweep = jscale.sweep.sweep_section() in get_config()")
+  overridden = [k for k in cli.config_overrides(sys.argv) if not k.startswith("sweep.")]
+  config.sweep.pinned = tuple(dict.fromkeys([*config.sweep.pinned, *overridden]))
+
+
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; overrides look like --config.a.b=value")
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise ValueError("--config and --workdir are required")
+  if not _WORKDIR.value:
+    raise ValueError("--workdir is required: the sweep's folder (local path or gs://...)")
+  workdir = config_lib.absolute_path(_WORKDIR.value)
+  _check_workdir(workdir)
+  config = _CONFIG.value
+  _pin_overrides(config)
+  config_lib.make_paths_absolute(config)
+  worker = sweep.parse_worker(_WORKER.value)
+  if _NUM_DEVICES.value < 0:
+    raise ValueError(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   if _COMPILATION_CACHE.value:
-    batched.enable_compilation_cache(os.path.expanduser(_COMPILATION_CACHE.value))
+    batched.enable_compilation_cache(config_lib.absolute_path(_COMPILATION_CACHE.value))
   stop_requested = []
   signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-  options = sweep.SweepOptions(workdir=_WORKDIR.value, worker=sweep.parse_worker(_WORKER.value),
-                               dry_run=_DRY_RUN.value, num_devices=_NUM_DEVICES.value,
-                               fit=_FIT.value, batch_runs=_BATCH_RUNS.value)
-  sweep.run_sweep(_CONFIG.value, options, should_stop=lambda: bool(stop_requested))
+  options = sweep.SweepOptions(workdir=workdir, worker=worker, dry_run=_DRY_RUN.value,
+                               num_devices=_NUM_DEVICES.value, fit=_FIT.value,
+                               batch_runs=_BATCH_RUNS.value)
+  sweep.run_sweep(config, options, should_stop=lambda: bool(stop_requested))
 
 
 if __name__ == "__main__":

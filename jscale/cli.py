@@ -2,10 +2,21 @@
 
 Library code raises ``ValueError`` with a one-line message naming the field, the
 bad value and what is allowed; only entry points decide how that reaches a user.
+The --config file is checked and made absolute here, before flags are parsed; entry
+points resolve their other paths once at start-up (``config.absolute_path``).
 """
 
+import importlib.util
+import os
+import re
 import sys
 from typing import Callable, NoReturn
+
+from jscale.config import absolute_path
+
+# --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
+_CONFIG_FLAG = re.compile(r"^--?config(=|$)")
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 
 
 def fail(message: str) -> NoReturn:
@@ -27,6 +38,156 @@ def run_main(main: Callable[..., object]) -> Callable[..., object]:
   return wrapped
 
 
+def config_overrides(argv: list[str]) -> tuple[str, ...]:
+  """The dotted keys overridden on the command line (``--config.train.steps=9`` ->
+  ``train.steps``), in order."""
+  keys = [m.group(1) for m in map(_OVERRIDE.match, argv[1:]) if m]
+  return tuple(dict.fromkeys(keys))
+
+
+def _why_not_writable(folder: str) -> str | None:
+  """Why ``folder`` cannot be written or created (without creating anything), or None."""
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    return f"{folder} is a file, not a folder"
+  existing = os.path.abspath(folder)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f"{existing} is a file, not a folder"
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return f"{existing} is read-only or not ours to write"
+  return None
+
+
+def check_writable_folder(flag: str, path: str) -> None:
+  """Raises unless ``path`` is a folder this process can write, or could create. URLs
+  (gs://...) are left to their storage layer."""
+  why = None if "://" in path else _why_not_writable(path)
+  if why:
+    raise ValueError(f"{flag} {path} is not writable: {why}")
+
+
+def check_writable_file(flag: str, path: str) -> None:
+  """Raises unless ``path`` names a file this process could write (see
+  check_writable_folder)."""
+  if "://" in path:
+    return
+  why = (f"{path} is a folder" if os.path.isdir(path)
+         else _why_not_writable(os.path.dirname(path)))
+  if why:
+    raise ValueError(f"{flag} {path} cannot be written: {why}")
+
+
+def _config_file_error(path: str) -> str | None:
+  """Why the file at ``path`` cannot be a config file, or None."""
+  if not os.path.exists(path):
+    return f"--config file {path} does not exist"
+  if os.path.isdir(path):
+    return f"--config {path} is a folder; give a Python config file"
+  try:
+    with open(path, "rb") as f:
+      text = f.read()
+  except OSError as e:
+    return f"--config file {path} cannot be read: {e.strerror}"
+  try:
+    if b"\0" in text:
+      raise UnicodeDecodeError("utf-8", text, text.index(b"\0"), len(text), "NUL byte")
+    text.decode("utf-8")
+  except UnicodeDecodeError:
+    return f"--config file {path} is not a Python text file (it holds binary data)"
+  return None
+
+
+def _describe(e: BaseException) -> str:
+  if isinstance(e, SyntaxError):
+    return f"SyntaxError at line {e.lineno}: {e.msg}"
+  return f"{type(e).__name__}: {e}"
+
+
+def load_config_file(spec: str):
+  """Runs ``get_config`` of a config file spec ``PATH[:ARG]`` as ml_collections does;
+  any failure is one ValueError naming the file and the cause."""
+  path, *arg = spec.split(":", 1)
+  problem = _config_file_error(path)
+  if problem:
+    raise ValueError(problem)
+  try:
+    module_spec = importlib.util.spec_from_file_location("_jscale_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001  (whatever a config file raises is bad input)
+    raise ValueError(f"--config file {path} failed to load: {_describe(e)}") from None
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"--config file {path} defines no get_config() function")
+  try:
+    config = module.get_config(*arg)
+  except Exception as e:  # noqa: BLE001  (whatever get_config raises is bad input)
+    raise ValueError(f"--config file {path}: get_config() raised {_describe(e)}") from None
+  if not hasattr(config, "to_dict"):
+    raise ValueError(f"--config file {path}: get_config() returned {type(config).__name__}, "
+                     "not an ml_collections ConfigDict")
+  return config
+
+
+def _with_absolute_config(argv: list[str]) -> tuple[list[str], str]:
+  """``argv`` with the --config file made absolute and checked loadable (ml_collections'
+  own errors name neither the file nor the cause), and that file's spec."""
+  argv = list(argv)
+  index = next((i for i, a in enumerate(argv) if i and _CONFIG_FLAG.match(a)), None)
+  if index is None:
+    fail("--config is required: a config file such as experiments/configs/smoke.py")
+  flag, spec = argv[index].split("=", 1) if "=" in argv[index] else (None, None)
+  if flag is None:  # --config FILE
+    index += 1
+    if index == len(argv):
+      fail("--config needs a value: a config file such as experiments/configs/smoke.py")
+    spec = argv[index]
+  path, *arg = spec.split(":", 1)
+  if not path:
+    fail("--config needs a value: a config file such as experiments/configs/smoke.py")
+  spec = ":".join([absolute_path(path), *arg])
+  try:
+    load_config_file(spec)
+  except ValueError as e:
+    fail(str(e))
+  argv[index] = f"{flag}={spec}" if flag else spec
+  return argv, spec
+
+
+def flags_parser(argv: list[str]) -> list[str]:
+  """absl flag parsing where any bad flag or config override is one line and exit 2.
+
+  Used as ``app.run(main, flags_parser=flags_parser)``; config files are loaded here so
+  a missing or broken file, an unknown key or a wrongly typed override fails at start-up.
+  """
+  from absl import flags  # entry points only: keep library imports light
+
+  spec = None
+  if "config" in flags.FLAGS and not any(a.startswith(("--help", "-help")) for a in argv):
+    argv, spec = _with_absolute_config(argv)
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of no key
+    fail(_unknown_override(argv, spec) or str(e))
+  if not flags.FLAGS["verbosity"].present:
+    _quiet_orbax()
+  return remaining
+
+
+def _quiet_orbax() -> None:
+  """Orbax logs every save at INFO and every read-only restore at WARNING, none of which
+  a user can act on: keep the console (and a bad-input error) to jscale's own lines."""
+  import logging as std_logging  # noqa: PLC0415
+
+  from absl import logging  # noqa: PLC0415  (entry points only)
+
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.ERROR or f"{os.sep}orbax{os.sep}" not in r.pathname)
+
+
 def _config_key_exists(config, dotted: str) -> bool:
   node = config
   for part in dotted.split("."):
@@ -36,45 +197,11 @@ def _config_key_exists(config, dotted: str) -> bool:
   return True
 
 
-def _unknown_override(argv: list[str], config) -> str | None:
-  for arg in argv[1:]:
-    if arg.startswith("--config."):
-      key = arg[len("--config."):].split("=", 1)[0]
-      if not _config_key_exists(config, key):
-        return f"--config.{key} is not a key of the config; check the spelling in the config file"
+def _unknown_override(argv: list[str], spec: str | None) -> str | None:
+  if spec is None:
+    return None
+  config = load_config_file(spec)
+  for key in config_overrides(argv):
+    if not _config_key_exists(config, key):
+      return f"--config.{key} is not a key of the config; check the spelling in the config file"
   return None
-
-
-def flags_parser(argv: list[str]) -> list[str]:
-  """absl flag parsing where any bad flag or config override is one line and exit 2.
-
-  Used as ``app.run(main, flags_parser=flags_parser)``; config files are loaded here so
-  a missing file, an unknown key or a wrongly typed override fails at start-up.
-  """
-  from absl import flags  # entry points only: keep library imports light
-
-  try:
-    remaining = flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
-  except (AttributeError, KeyError) as e:
-    config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    fail(_unknown_override(argv, _load_config_file(config_file)) if config_file else str(e))
-  if not flags.FLAGS["verbosity"].present:
-    from absl import logging  # orbax logs every save at INFO: keep the console readable
-    logging.set_verbosity(logging.WARNING)
-  if "config" in flags.FLAGS:
-    try:
-      flags.FLAGS.config.to_dict()  # a config that failed to load raises on first use
-    except Exception as e:  # noqa: BLE001  (any load error is bad input to report)
-      fail(f"--config could not be loaded: {type(e).__name__}: {e}")
-  return remaining
-
-
-def _load_config_file(path: str):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("_jscale_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()

@@ -7,6 +7,8 @@ so library code below this module never sees a ConfigDict.
 """
 
 import dataclasses
+import math
+import os
 from typing import Any
 
 import ml_collections
@@ -145,20 +147,41 @@ class RunSpec:
   compress: CompressSpec = CompressSpec()
 
 
+# Counts (steps, batch, cadences) are int32 on the device and in the data order.
+MAX_COUNT = 2**31 - 1
+
+
 def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
   if not ok:
     raise ValueError(f"{field} must be {allowed}, got {value!r}")
 
 
-def _positive_int(field: str, value: Any) -> int:
-  _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-           field, value, "a positive integer")
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def positive_int(field: str, value: Any) -> int:
+  _require(_is_int(value) and value > 0, field, value, "a positive integer")
+  _require(value <= MAX_COUNT, field, value, f"at most {MAX_COUNT} (an int32 count)")
   return value
 
 
-def _non_negative(field: str, value: Any) -> float:
-  _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-           field, value, "a non-negative number")
+def finite_number(field: str, value: Any, low: float, high: float = math.inf, *,
+            open_low: bool = False, open_high: bool = False) -> float:
+  """``value`` as a float after checking it is finite and inside the interval."""
+  ok = _is_real(value) and (value > low if open_low else value >= low) and (
+      value < high if open_high else value <= high)
+  if math.isinf(high):
+    allowed = f"a finite number {'>' if open_low else '>='} {low:g}"
+  else:
+    allowed = (f"a number in {'(' if open_low else '['}{low:g}, {high:g}"
+               f"{')' if open_high else ']'}")
+  _require(ok, field, value, allowed)
   return float(value)
 
 
@@ -166,55 +189,66 @@ def _train_spec(t: ml_collections.ConfigDict) -> TrainSpec:
   _require(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {SCHEDULES}")
   _require(t.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", t.compute_dtype,
            f"one of {COMPUTE_DTYPES}")
-  _require(isinstance(t.seed, int) and t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
-  steps = _positive_int("train.steps", t.steps)
-  batch = _positive_int("train.global_batch", t.global_batch)
-  accum = _positive_int("train.grad_accum", t.grad_accum)
+  _require(_is_int(t.seed) and 0 <= t.seed <= MAX_COUNT, "train.seed", t.seed,
+           f"an integer in [0, {MAX_COUNT}]")
+  steps = positive_int("train.steps", t.steps)
+  batch = positive_int("train.global_batch", t.global_batch)
+  accum = positive_int("train.grad_accum", t.grad_accum)
   _require(batch % accum == 0, "train.grad_accum", accum,
            f"a divisor of train.global_batch={batch}")
-  _require(isinstance(t.learning_rate, (int, float)) and t.learning_rate > 0,
-           "train.learning_rate", t.learning_rate, "a positive number")
-  _require(0 <= t.final_lr_fraction <= 1, "train.final_lr_fraction", t.final_lr_fraction,
-           "in [0, 1]")
-  _require(isinstance(t.warmup_steps, int) and 0 <= t.warmup_steps <= steps,
+  _require(_is_int(t.warmup_steps) and 0 <= t.warmup_steps <= steps,
            "train.warmup_steps", t.warmup_steps, f"an integer in [0, train.steps={steps}]")
-  for name in ("b1", "b2"):
-    _require(0 <= t[name] < 1, f"train.{name}", t[name], "in [0, 1)")
   return TrainSpec(
       seed=t.seed, steps=steps, global_batch=batch, grad_accum=accum,
-      learning_rate=float(t.learning_rate), schedule=t.schedule,
-      warmup_steps=t.warmup_steps, final_lr_fraction=float(t.final_lr_fraction),
-      b1=float(t.b1), b2=float(t.b2), eps=_non_negative("train.eps", t.eps),
-      weight_decay=_non_negative("train.weight_decay", t.weight_decay),
-      clip_norm=_non_negative("train.clip_norm", t.clip_norm),
+      learning_rate=finite_number("train.learning_rate", t.learning_rate, 0, open_low=True),
+      schedule=t.schedule, warmup_steps=t.warmup_steps,
+      final_lr_fraction=finite_number("train.final_lr_fraction", t.final_lr_fraction, 0, 1),
+      b1=finite_number("train.b1", t.b1, 0, 1, open_high=True),
+      b2=finite_number("train.b2", t.b2, 0, 1, open_high=True),
+      eps=finite_number("train.eps", t.eps, 0),
+      weight_decay=finite_number("train.weight_decay", t.weight_decay, 0),
+      clip_norm=finite_number("train.clip_norm", t.clip_norm, 0),
       compute_dtype=t.compute_dtype,
-      eval_every=_positive_int("train.eval_every", t.eval_every),
-      eval_batches=_positive_int("train.eval_batches", t.eval_batches),
-      log_every=_positive_int("train.log_every", t.log_every),
-      peak_flops=_non_negative("train.peak_flops", t.peak_flops))
+      eval_every=positive_int("train.eval_every", t.eval_every),
+      eval_batches=positive_int("train.eval_batches", t.eval_batches),
+      log_every=positive_int("train.log_every", t.log_every),
+      peak_flops=finite_number("train.peak_flops", t.peak_flops, 0))
 
 
 def _checkpoint_spec(c: ml_collections.ConfigDict) -> CheckpointSpec:
-  return CheckpointSpec(every=_positive_int("checkpoint.every", c.every),
-                        keep=_positive_int("checkpoint.keep", c.keep),
+  return CheckpointSpec(every=positive_int("checkpoint.every", c.every),
+                        keep=positive_int("checkpoint.keep", c.keep),
                         async_save=bool(c.async_save))
+
+
+def _compress_pass(c: ml_collections.ConfigDict, name: str, steps: int):
+  """One pass (or the DistillSpec) built from its section, which validates it."""
+  fields = c[name].to_dict()
+  if name == "distill":
+    return DistillSpec(
+        teacher=fields["teacher"],
+        temperature=finite_number("compress.distill.temperature", fields["temperature"], 0,
+                                  open_low=True),
+        weight=finite_number("compress.distill.weight", fields["weight"], 0, 1))
+  if name == "prune":
+    for key in ("start_fraction", "end_fraction"):
+      finite_number(f"compress.prune.{key}", fields[key], 0, 1)
+    fields["start_step"] = round(fields.pop("start_fraction") * steps)
+    fields["end_step"] = round(fields.pop("end_fraction") * steps)
+  return compress.make_pass(name, **fields)
 
 
 def _compress_spec(c: ml_collections.ConfigDict, steps: int) -> CompressSpec:
   known = ("distill", "prune", "qat", "ptq")
-  passes = []
   for name in c.passes:
     _require(name in known, "compress.passes", tuple(c.passes), f"a sequence of {known}")
-    fields = c[name].to_dict()
-    if name == "distill":
-      _require(bool(fields["teacher"]), "compress.distill.teacher", fields["teacher"],
-               "a trained run's folder or run:<id>")
-      passes.append(DistillSpec(**fields))
-      continue
-    if name == "prune":
-      fields["start_step"] = round(fields.pop("start_fraction") * steps)
-      fields["end_step"] = round(fields.pop("end_fraction") * steps)
-    passes.append(compress.make_pass(name, **fields))
+  # Every section is validated, used or not: a bad value fails now, not when a sweep
+  # axis turns its pass on.
+  built = {name: _compress_pass(c, name, steps) for name in known}
+  if "distill" in c.passes:
+    _require(bool(c.distill.teacher), "compress.distill.teacher", c.distill.teacher,
+             "a trained run's folder or run:<id>")
+  passes = [built[name] for name in c.passes]
   compress.compose([p for p in passes if not isinstance(p, DistillSpec)])  # checks order
   for bits in c.ptq_eval_bits:
     compress.make_pass("ptq", bits=bits)  # validates the bit width
@@ -237,8 +271,34 @@ def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):
   return models.make_spec(family, **{k: v for k, v in values.items() if k in fields})
 
 
+# Keys holding a local path or a URL (gs://...); "run:<id>" teachers are not paths.
+PATH_KEYS = ("data.files_glob", "data.cache_dir", "compress.distill.teacher")
+
+
+def absolute_path(path: str) -> str:
+  """``path`` with ``~`` expanded and made absolute; "" and URLs are returned as given."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def make_paths_absolute(config: ml_collections.ConfigDict) -> None:
+  """Resolves the PATH_KEYS of ``config`` in place, once, at start-up: orbax refuses
+  relative paths, and a relative path would mean something else after a chdir."""
+  for dotted in PATH_KEYS:
+    section, key = dotted.rsplit(".", 1)
+    node = config
+    for part in section.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+    value = node.get(key) if hasattr(node, "get") else None
+    if isinstance(value, str) and not value.startswith("run:"):
+      node[key] = absolute_path(value)
+
+
 def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:
   d = config.data
+  if _is_int(d.seq_len):
+    positive_int("data.seq_len", d.seq_len)
   return data_lib.DataSpec(name=d.name, seq_len=d.seq_len,
                            validation_fraction=d.validation_fraction,
                            files_glob=d.files_glob, cache_dir=d.cache_dir)

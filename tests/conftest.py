@@ -1,7 +1,10 @@
-"""Test-wide settings: 8 forced CPU devices and strict rank promotion."""
+"""Test-wide settings (8 forced CPU devices, strict rank promotion) and shared helpers."""
 
 import os
+import pathlib
 import tempfile
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -49,3 +52,31 @@ def train_alone(run, dataset, dp, steps=None):
     state, metrics = step_fn(state, batch)
     losses.append(float(metrics["loss"]))
   return np.array(losses), jax.device_get(state.params)
+
+
+# Data the suite needs but does not create: the fitters' shared CSVs (../shared/data)
+# and the corpora `make setup` fetches. A missing one skips on a developer's machine,
+# but fails where the data is promised, so a CI run cannot pass by skipping.
+REQUIRE_DATA_VAR = "JSCALE_REQUIRE_SHARED_DATA"
+
+
+def data_required() -> bool:
+  """True in CI (``$CI`` set, not "false"/"0") or with ``JSCALE_REQUIRE_SHARED_DATA=1``."""
+  ci = os.environ.get("CI", "").strip().lower()
+  return os.environ.get(REQUIRE_DATA_VAR) == "1" or ci not in ("", "false", "0")
+
+
+def missing_data(message: str):
+  """Skips the calling test, or fails it where data is required (see ``data_required``)."""
+  if data_required():
+    pytest.fail(f"{message} ({REQUIRE_DATA_VAR}=1 or CI is set, so this fails instead of"
+                " skipping)", pytrace=False)
+  pytest.skip(message)
+
+
+def require_data(path, source: str = "see SOURCES.md in that folder"):
+  """``path`` if it exists, else ``missing_data`` naming it and where it comes from."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    missing_data(f"data not found at {path} ({source})")
+  return path

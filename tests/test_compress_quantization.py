@@ -51,10 +51,18 @@ def test_int8_matmul_equals_float_matmul_of_dequantized_operands():
   dims = (((2,), (0,)), ((), ()))
   got = quantization.int_dot_general(x, q.values, dims, weight_scale=q.scale,
                                      activation_bits=8)
-  x_values, x_scale = quantization._grid(x, (2,), 8)
-  want = jnp.einsum("blk,kn->bln", x_values * x_scale, q.dequantize(),
-                    precision=jax.lax.Precision.HIGHEST)
+  # The grids by hand in float64: absmax / 127 per token row (x) and per output column (w).
+  x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  x_scale = np.abs(x64).max(axis=2, keepdims=True) / 127
+  w_scale = np.abs(w64).max(axis=0, keepdims=True) / 127
+  x_grid = np.clip(np.round(x64 / x_scale), -127, 127) * x_scale
+  w_grid = np.clip(np.round(w64 / w_scale), -127, 127) * w_scale
+  want = np.einsum("blk,kn->bln", x_grid, w_grid)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(q.scale, w_scale, rtol=1e-6)
+  np.testing.assert_array_equal(q.values, np.round(w64 / w_scale))
+  # and the grid is coarse enough to matter: the float product is measurably different
+  assert np.abs(want - np.einsum("blk,kn->bln", x64, w64)).max() > 1e-2
 
 
 def dots(hlo: str, op: str):

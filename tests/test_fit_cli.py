@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import require_data
 from jscale import fit as fit_lib
 from tests.test_fit_data import CHINCHILLA_CSV, epoch_points
 
@@ -39,12 +40,10 @@ def _sweep_csv(path, tokens, n_values, extra_rows=()):
 
 @pytest.mark.parametrize("args,needle", [
     (["--n_col=Model Size", "--c_col=nope"], "columns are"),
-    (["--n_col=Model Size", "--c_col=Training FLOP", "--d_col=x"], "not both"),
     (["--law=nonsense", "--n_col=Model Size", "--c_col=Training FLOP"], "law must be one of"),
 ])
 def test_bad_input_exits_2_without_output(tmp_path, args, needle):
-  if not CHINCHILLA_CSV.exists():
-    pytest.skip(f"shared data not found at {CHINCHILLA_CSV}")
+  require_data(CHINCHILLA_CSV)
   out = tmp_path / "fit.json"
   proc = _run(f"--csv={CHINCHILLA_CSV}", f"--out={out}", "--bootstrap=0", *args, cwd=REPO)
   assert proc.returncode == 2
@@ -113,8 +112,7 @@ def test_isoflop_recovers_frontier_exponents():
 
 @pytest.mark.slow
 def test_cli_chinchilla_end_to_end(tmp_path):
-  if not CHINCHILLA_CSV.exists():
-    pytest.skip(f"shared data not found at {CHINCHILLA_CSV}")
+  require_data(CHINCHILLA_CSV)
   out = tmp_path / "fit.json"
   proc = _run(f"--csv={CHINCHILLA_CSV}", "--law=chinchilla", "--n_col=Model Size", "--c_col=Training FLOP",
               "--loss_col=loss", "--drop_highest_loss=5", "--bootstrap=8", "--compute=5.76e23",

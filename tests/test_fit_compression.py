@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import require_data
 from jscale import fit as fit_lib
 from jscale.fit import compression
 from jscale.fit import registry
@@ -19,9 +20,7 @@ _HELD_OUT = {"S": [0.75], "N": [48 * 12 * 1024**2 / 1e6], "D": [5.0]}
 
 
 def t5_points() -> dict[str, np.ndarray]:
-  if not SPARSITY_CSV.exists():
-    pytest.skip(f"shared data not found at {SPARSITY_CSV} (see /work/shared/data/SOURCES.md)")
-  with open(SPARSITY_CSV, newline="") as f:
+  with open(require_data(SPARSITY_CSV), newline="") as f:
     rows = list(csv.DictReader(f))
   s = np.array([float(r["sparsity"]) for r in rows])
   scale = np.array([float(r["scale"]) for r in rows])

@@ -61,14 +61,51 @@ def test_train_flops_match_xla_cost_analysis_within_10_percent(
   assert measured == pytest.approx(predicted, rel=0.10)
 
 
-def test_train_flops_per_step_counts_every_unit_of_the_batch():
+def test_transformer_step_flops_equal_a_count_by_hand():
+  # d_model 64, 2 blocks, 4 heads, n_ctx 128, vocab 256, MLP 256; batch 16.
+  # Forward multiply-accumulates (MACs) per token, layer by layer:
+  #   qkv 64 x 192 = 12,288; out 64 x 64 = 4,096; up 64 x 256 = 16,384;
+  #   down 256 x 64 = 16,384 -> 49,152 per block, 98,304 for two;
+  #   head 64 x 256 = 16,384 -> 114,688 weight MACs; x 6 (fwd, two grads) = 688,128.
+  #   attention per block: QK^T 128 keys x 64 = 8,192 MACs, AV 8,192 -> 16,384 MACs,
+  #   x 2 FLOPs x 3 passes = 98,304; two blocks 196,608.
+  # 884,736 FLOPs per token x 2,048 tokens per step.
   spec = models.make_spec("transformer", width=64, depth=2, num_heads=4,
                           context_length=128)
-  per_step = flops.train_flops_per_step(spec, 16)
-  assert per_step == 16 * 128 * spec.train_flops_per_unit()
-  # 6N dominates and the attention term is what is left over.
-  attention = per_step - 6 * spec.matmul_params() * 16 * 128
-  assert attention == 12 * 2 * 128 * 64 * 16 * 128
+  assert spec.train_flops_per_unit() == 884_736
+  assert flops.train_flops_per_step(spec, 16) == 1_811_939_328
+
+
+def test_mlp_step_flops_equal_a_count_by_hand():
+  # 8x8x1 images -> 64 inputs, two hidden layers of 32, 10 classes; batch 8.
+  # MACs: 64 x 32 = 2,048; 32 x 32 = 1,024; 32 x 10 = 320 -> 3,392.
+  # forward 2 x 3,392 = 6,784; weight gradients 6,784; input gradients of all but
+  # the first layer 2 x (1,024 + 320) = 2,688 -> 16,256 per example.
+  spec = models.make_spec("mlp", width=32, depth=2, input_shape=(8, 8, 1))
+  assert spec.train_flops_per_unit() == 16_256
+  assert flops.train_flops_per_step(spec, 8) == 130_048
+
+
+def test_cnn_step_flops_equal_a_count_by_hand():
+  # 4x4x1 images, stem and one block of 4 channels (no pooling), 10 classes.
+  # A SAME 3x3 conv on 4 rows: taps inside the image per output row 2, 3, 3, 2 = 10,
+  # so 10 x 10 = 100 (position, tap) pairs per channel pair.
+  # MACs: stem 100 x 1 x 4 = 400; block 100 x 4 x 4 = 1,600; head 64 x 10 = 640.
+  # 6 x 2,640 - 2 x 400 (the stem needs no input gradient) = 15,040 per example.
+  spec = models.make_spec("cnn", width=4, depth=1, input_shape=(4, 4, 1))
+  assert spec.train_flops_per_unit() == 15_040
+  assert flops.train_flops_per_step(spec, 8) == 120_320
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_matmul_params_are_the_kernels_of_the_initialised_model(positions):
+  spec = models.make_spec("transformer", width=32, depth=3, num_heads=2, mlp_ratio=3,
+                          context_length=16, vocab_size=50, positions=positions)
+  params = jax.eval_shape(spec.make_module().init, jax.random.key(0), spec.dummy_inputs(1))
+  kernels = [leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+             if path[-1].key == "kernel"]
+  assert len(kernels) == 3 * 4 + 1  # qkv, out, up, down per block; the head
+  assert spec.matmul_params() == sum(kernels)
 
 
 def test_lm_flops_grow_with_width_depth_and_context():

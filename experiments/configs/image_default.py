@@ -23,5 +23,4 @@ def get_config(family: str = "mlp"):
   c.checkpoint.every = 150
   c.sweep = sweep_section()
   c.sweep.widths = (8, 16, 32, 64) if family == "cnn" else (16, 32, 64, 128, 256, 512)
-  c.sweep.depths = (2,)
   return c

@@ -25,5 +25,4 @@ def get_config():
   c.checkpoint.every = 200
   c.sweep = sweep_section()
   c.sweep.widths = (16, 24, 32, 48, 64, 96, 128)
-  c.sweep.depths = (2,)
   return c

@@ -18,6 +18,5 @@ def get_config():
   c.checkpoint.every = 4
   c.sweep = sweep_section()
   c.sweep.widths = (8, 16, 24)
-  c.sweep.depths = (1,)
   c.sweep.bootstrap = 20
   return c

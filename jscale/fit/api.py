@@ -3,8 +3,11 @@
 
 Column keys are "N" (non-embedding, for sparse models non-zero, parameters),
 "D" (tokens), "C" (FLOPs), "S" (sparsity in [0, 1)), "P" (post-training
-bits), "T" (teacher loss) and "loss". D = C / (6N) when only C is given,
-C = 6ND when only D is.
+bits), "T" (teacher loss) and "loss". A parametric law missing one of N, D, C
+derives it from Hoffmann's C = 6ND, the convention of tables such as Chinchilla's;
+jscale's own results follow ``jscale.flops`` instead, so they are fitted on N and D,
+never through C. Approach 2 ("isoflop") takes C with N and/or D and derives only
+what the table lacks (see ``approaches``).
 """
 
 import dataclasses
@@ -193,15 +196,23 @@ def _effective_params_section(law: str, params: dict[str, float], cols: dict[str
 
 
 def _fit_isoflop(columns, *, bootstrap, seed, notes) -> report.FitResult:
-  cols = complete_columns(("C", "N"), columns)
-  out = approaches.frontier(approaches.isoflop_minima, cols["C"], cols["N"], cols["loss"],
+  """Approach 2 on (C, N, loss), (C, D, loss) or (C, N, D, loss): with D, D* comes from
+  the tokens trained, never from C / (6N)."""
+  if columns.get("C") is None:
+    raise ValueError(f"isoflop needs the compute budget column C (one profile per budget), got columns "
+                     f"{sorted(k for k, v in columns.items() if v is not None)}")
+  cols = complete_columns(("C",), columns)
+  out = approaches.frontier(cols["C"], cols["loss"], n=cols.get("N"), d=cols.get("D"),
                             n_resamples=bootstrap, seed=seed)
   params = {"n_opt": out["n_opt"], "d_opt": out["d_opt"]}
+  derived = [f"isoflop: {key} = {how} at each budget (Hoffmann's C = 6ND; the table has no "
+             f"{'N' if key == 'n_opt' else 'D'} column)"
+             for key, how in out["sources"].items() if how in approaches.FROM_6ND.values()]
   return report.FitResult(
       law=ISOFLOP, params=params, log_params={}, objective=None, n_points=len(cols["loss"]), converged=True,
-      starts_at_best=None, diagnostics={"minima": out["minima"]},
+      starts_at_best=None, diagnostics={"minima": out["minima"], "sources": out["sources"]},
       bootstrap={"resamples": bootstrap, "seed": seed, "used": out.get("bootstrap_resamples_used", 0)},
-      notes=tuple(notes), columns=cols)
+      notes=tuple(notes) + tuple(derived), columns=cols)
 
 
 def choose_sweep_law(tokens: np.ndarray) -> str:
@@ -269,7 +280,7 @@ def fit_sweep_results(results_csv_path: str, out_dir: str, *, bootstrap: int = 1
   isoflop = _isoflop_section(rows, dense, bootstrap, seed, section_notes)
   if isoflop is not None:
     sections["isoflop"] = {k: isoflop.params[k] for k in ("n_opt", "d_opt")} | {
-        "minima": isoflop.diagnostics["minima"]}
+        k: isoflop.diagnostics[k] for k in ("minima", "sources")}
     extra_plots["isoflop"] = isoflop
   result = dataclasses.replace(result, sections=result.sections | sections, notes=result.notes + tuple(section_notes))
   report.write_json(result, os.path.join(out_dir, "fit.json"))
@@ -343,7 +354,8 @@ def _distillation_section(rows, dense, result) -> dict:
 
 
 def _isoflop_section(rows, dense, bootstrap, seed, notes) -> report.FitResult | None:
-  """Approach 2 on the dense rows that carry an IsoFLOP budget."""
+  """Approach 2 on the dense rows that carry an IsoFLOP budget: the planned FLOPs (by
+  ``jscale.flops``), the parameters and the tokens each run actually trained."""
   if "budget" not in rows:
     return None
   have = dense & np.isfinite(rows["budget"])
@@ -351,7 +363,8 @@ def _isoflop_section(rows, dense, bootstrap, seed, notes) -> report.FitResult | 
     return None
   try:
     return fit(ISOFLOP, {"C": rows["budget"][have], "N": rows["params_non_embedding"][have],
-                         "loss": rows["val_loss"][have]}, bootstrap=bootstrap, seed=seed)
+                         "D": rows["tokens"][have], "loss": rows["val_loss"][have]},
+               bootstrap=bootstrap, seed=seed)
   except ValueError as e:
     notes.append(f"isoflop: not fitted ({e})")
     return None

@@ -1,10 +1,17 @@
-"""Hoffmann et al.'s Approaches 1 and 2 (Approach 3 is the parametric fit).
+"""Hoffmann et al.'s Approach 2, IsoFLOP profiles (Approach 3 is the parametric fit).
 
-Approach 1 (training-curve envelope): for each FLOP budget bin keep the
-lowest-loss point over all runs, then fit N*(C) and D*(C) as power laws.
-Approach 2 (IsoFLOP profiles): per budget, fit a parabola of loss in log N,
-take its minimum N*, set D* = C / (6 N*), then fit N*(C) = A C^a and
-D*(C) = B C^b. Power laws are least-squares lines in log-log space.
+Per FLOP budget C, fit a parabola of the final loss in log N and one in log D and
+take their minima N* and D*; then fit N*(C) = A C^a and D*(C) = B C^b, least-squares
+lines in log-log space.
+
+The FLOP convention, stated once: Approach 2 never assumes how C relates to N and D
+when the table says. N* comes from the runs' parameter counts and D* from the tokens
+the runs actually trained, each from its own parabola. Only a table lacking one of the
+two columns gets it from Hoffmann's C = 6ND (D* = C / (6 N*) for (C, N, loss) data such
+as Chinchilla's, N* = C / (6 D*) for (C, D, loss) data such as Llama 3's); ``sources``
+in the result says which. jscale's sweeps size runs with the full per-token rule of
+``jscale.flops`` (1.25-2.9x 6N on the sizes we train), so C / (6 N*) would overstate
+their D* by that factor: their tables carry the tokens and never take that route.
 """
 
 import dataclasses
@@ -12,6 +19,9 @@ import dataclasses
 import numpy as np
 
 from jscale.fit import bootstrap as bootstrap_lib
+
+FROM_PARABOLA = {"N": "parabola in log N", "D": "parabola in log D"}
+FROM_6ND = {"N": "C / (6 D*)", "D": "C / (6 N*)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,57 +54,76 @@ def group_budgets(compute: np.ndarray, rtol: float = 1e-3) -> np.ndarray:
   return labels
 
 
-def isoflop_minima(compute: np.ndarray, n: np.ndarray, loss: np.ndarray):
-  """Per budget with >= 3 sizes: (C, N*) at the minimum of a parabola in log N."""
+def _parabola_minimum(x: np.ndarray, loss: np.ndarray) -> float | None:
+  """x at the minimum of a parabola of loss in log x; None without an interior minimum."""
+  if np.unique(x).size < 3:
+    return None
+  curvature, slope, _ = np.polyfit(np.log(x), loss, 2)
+  if curvature <= 0:
+    return None  # the profile does not bracket the optimum
+  return float(np.exp(-slope / (2 * curvature)))
+
+
+def isoflop_minima(compute: np.ndarray, loss: np.ndarray, covariates: dict[str, np.ndarray]):
+  """Budgets C and, per covariate ("N", "D"), its optimum at each budget.
+
+  A budget counts when every covariate takes >= 3 values there and every profile is
+  convex; returns ``(C [B], {name: optimum [B]})``.
+  """
   labels = group_budgets(compute)
-  budgets, n_star = [], []
+  budgets, minima = [], {name: [] for name in covariates}
   for label in np.unique(labels):
     rows = labels == label
-    if np.unique(n[rows]).size < 3:
+    found = {name: _parabola_minimum(x[rows], loss[rows]) for name, x in covariates.items()}
+    if None in found.values():
       continue
-    curvature, slope, _ = np.polyfit(np.log(n[rows]), loss[rows], 2)
-    if curvature <= 0:
-      continue  # no interior minimum: the profile does not bracket the optimum
     budgets.append(np.mean(compute[rows]))
-    n_star.append(np.exp(-slope / (2 * curvature)))
+    for name, value in found.items():
+      minima[name].append(value)
   if len(budgets) < 2:
-    raise ValueError(f"isoflop needs at least 2 budgets with >= 3 model sizes and a convex profile, got {len(budgets)}")
-  return np.asarray(budgets), np.asarray(n_star)
+    raise ValueError(f"isoflop needs at least 2 budgets with >= 3 model sizes and a convex profile, "
+                     f"got {len(budgets)}")
+  return np.asarray(budgets), {name: np.asarray(v) for name, v in minima.items()}
 
 
-def envelope_minima(compute: np.ndarray, n: np.ndarray, loss: np.ndarray, n_bins: int = 30):
-  """Per log-spaced FLOP bin: (C, N) of the lowest-loss point across all runs."""
-  edges = np.geomspace(compute.min(), compute.max() * (1 + 1e-12), n_bins + 1)
-  which = np.clip(np.searchsorted(edges, compute, side="right") - 1, 0, n_bins - 1)
-  budgets, n_star = [], []
-  for b in np.unique(which):
-    rows = np.flatnonzero(which == b)
-    best = rows[np.argmin(loss[rows])]
-    budgets.append(compute[best])
-    n_star.append(n[best])
-  return np.asarray(budgets), np.asarray(n_star)
+def optima(compute: np.ndarray, loss: np.ndarray, n: np.ndarray | None, d: np.ndarray | None):
+  """``(C, N*, D*, sources)`` per budget; a missing column's optimum from C = 6ND."""
+  covariates = {name: x for name, x in (("N", n), ("D", d)) if x is not None}
+  if not covariates:
+    raise ValueError("isoflop needs a parameter column N or a token column D, got neither")
+  budgets, found = isoflop_minima(compute, loss, covariates)
+  n_star = found["N"] if "N" in found else budgets / (6 * found["D"])
+  d_star = found["D"] if "D" in found else budgets / (6 * found["N"])
+  sources = {f"{name.lower()}_opt": FROM_PARABOLA[name] if name in found else FROM_6ND[name]
+             for name in ("N", "D")}
+  return budgets, n_star, d_star, sources
 
 
-def frontier(minima_fn, compute, n, loss, *, n_resamples: int = 0, seed: int = 0) -> dict:
-  """Power laws N*(C), D*(C) from ``minima_fn`` and, optionally, bootstrap intervals.
+def frontier(compute: np.ndarray, loss: np.ndarray, *, n: np.ndarray | None = None,
+             d: np.ndarray | None = None, n_resamples: int = 0, seed: int = 0) -> dict:
+  """Power laws N*(C), D*(C) of Approach 2 and, optionally, bootstrap intervals.
 
-  Returns ``{"n_opt": {"coef", "exponent", "bootstrap"?}, "d_opt": {...}, "minima": ...}``.
-  Bootstrap resamples rows with replacement and recomputes the minima.
+  Returns ``{"n_opt": {"coef", "exponent", "bootstrap"?}, "d_opt": {...}, "minima": ...,
+  "sources": {"n_opt": how, "d_opt": how}}``. Bootstrap resamples rows with replacement
+  and recomputes the minima.
   """
-  def both(c, nn, ll):
-    budgets, n_star = minima_fn(c, nn, ll)
-    return fit_power_law(budgets, n_star), fit_power_law(budgets, budgets / (6 * n_star)), budgets, n_star
+  def both(rows):
+    budgets, n_star, d_star, sources = optima(
+        compute[rows], loss[rows], None if n is None else n[rows], None if d is None else d[rows])
+    return fit_power_law(budgets, n_star), fit_power_law(budgets, d_star), (budgets, n_star,
+                                                                          d_star), sources
 
-  n_law, d_law, budgets, n_star = both(compute, n, loss)
+  n_law, d_law, (budgets, n_star, d_star), sources = both(np.arange(len(loss)))
   out = {"n_opt": dataclasses.asdict(n_law), "d_opt": dataclasses.asdict(d_law),
-         "minima": {"compute": budgets.tolist(), "n_opt": n_star.tolist()}}
+         "minima": {"compute": budgets.tolist(), "n_opt": n_star.tolist(),
+                    "d_opt": d_star.tolist()},
+         "sources": sources}
   if n_resamples:
     rng = np.random.default_rng(seed)
     samples = {k: [] for k in ("n_coef", "n_exponent", "d_coef", "d_exponent")}
     for _ in range(n_resamples):
-      rows = rng.integers(0, len(loss), len(loss))
       try:
-        nl, dl, _, _ = both(compute[rows], n[rows], loss[rows])
+        nl, dl, _, _ = both(rng.integers(0, len(loss), len(loss)))
       except ValueError:
         continue  # a resample without enough budgets carries no frontier
       for key, value in (("n_coef", nl.coef), ("n_exponent", nl.exponent),

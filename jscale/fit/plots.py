@@ -133,8 +133,9 @@ def _plot_isoflop(result, out_dir: str, name: str = "fit.png") -> str:
   cols = result.columns
   minima = result.diagnostics["minima"]
   fig, (ax_prof, ax_n) = plt.subplots(1, 2, figsize=(11, 4.5))
-  ax_prof.scatter(cols["N"], cols["loss"], s=10, c=np.log10(cols["C"]))
-  ax_prof.set(xscale="log", xlabel="N", ylabel="loss", title="IsoFLOP profiles")
+  size = "N" if "N" in cols else "D"  # Llama 3's IsoFLOP tables have tokens, no sizes
+  ax_prof.scatter(cols[size], cols["loss"], s=10, c=np.log10(cols["C"]))
+  ax_prof.set(xscale="log", xlabel=size, ylabel="loss", title="IsoFLOP profiles")
   budgets = np.asarray(minima["compute"])
   ax_n.scatter(budgets, minima["n_opt"], label="profile minima")
   law = result.params["n_opt"]

@@ -96,7 +96,8 @@ def summary(result: FitResult) -> str:
       law = result.params[key]
       stats = law.get("bootstrap", {})
       lines.append(f"{key}(C) = {law['coef']:.4g} * C^{law['exponent']:.4f}   "
-                   + _with_interval("exponent", law["exponent"], stats.get("exponent")))
+                   + _with_interval("exponent", law["exponent"], stats.get("exponent"))
+                   + f"   [{result.diagnostics['sources'][key]}]")
   else:
     for name, value in result.params.items():
       lines.append("  " + _with_interval(name, value, boot.get(name)))

@@ -7,15 +7,46 @@ import numpy as np
 
 
 def read_csv(path: str) -> dict[str, list[str]]:
-  """Column name -> list of raw cell strings."""
+  """Column name -> list of raw cell strings; a missing, unreadable, malformed or
+  empty file is a one-line ValueError naming it."""
+  if os.path.isdir(path):
+    raise ValueError(f"csv file {path!r} is a folder; give the CSV file itself")
   if not os.path.isfile(path):
     raise ValueError(f"csv file {path!r} does not exist")
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    if not reader.fieldnames:
-      raise ValueError(f"csv file {path!r} has no header row")
-    rows = list(reader)
-  return {name: [row.get(name) or "" for row in rows] for name in reader.fieldnames}
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f)
+      fieldnames = reader.fieldnames
+      rows = list(reader)
+  except OSError as e:
+    raise ValueError(f"csv file {path!r} cannot be read: {e.strerror or e}") from None
+  except UnicodeDecodeError:
+    raise ValueError(f"csv file {path!r} is not UTF-8 text") from None
+  except csv.Error as e:  # e.g. a field over csv.field_size_limit(), a NUL byte
+    raise ValueError(f"csv file {path!r} is not a readable CSV table: {e}") from None
+  if not fieldnames:
+    raise ValueError(f"csv file {path!r} has no header row")
+  if not rows:
+    raise ValueError(f"csv file {path!r} has a header but no data rows")
+  return {name: [row.get(name) or "" for row in rows] for name in fieldnames}
+
+
+def check_identifiable(law: str, covariates: tuple[str, ...], n_params: int,
+                       columns: dict[str, np.ndarray], names: dict[str, str]) -> None:
+  """Refuses data a law cannot be fitted to: a covariate with a single value (its
+  exponent and scale then trade off exactly), or fewer distinct covariate points than
+  the law has parameters. ``names`` maps covariate keys to the user's column names."""
+  for key in covariates:
+    values = np.unique(columns[key])
+    if values.size < 2:
+      raise ValueError(f"column {names.get(key, key)} ({key}) has the single value "
+                       f"{values[0]:g} in all {len(columns[key])} rows; law {law} cannot be "
+                       f"fitted unless {key} varies")
+  points = np.unique(np.stack([columns[key] for key in covariates], axis=1), axis=0)
+  if len(points) < n_params:
+    shown = ", ".join(names.get(k, k) for k in covariates)
+    raise ValueError(f"law {law} has {n_params} parameters but the rows hold only "
+                     f"{len(points)} distinct ({shown}) points; add runs at new sizes")
 
 
 def require_column(table: dict[str, list[str]], name: str) -> list[str]:

@@ -10,8 +10,11 @@ import hashlib
 import itertools
 import json
 import math
+import os
 
+import jax
 import ml_collections
+from etils import epath
 
 from jscale import config as config_lib
 from jscale import flops as flops_lib
@@ -26,10 +29,23 @@ COMPARABLE_FIELDS = ("model.family", "data.name", "data.seq_len", "data.validati
 
 
 def sweep_section() -> ml_collections.ConfigDict:
-  """The ``sweep`` section every sweep config declares (empty axis = keep the base value)."""
+  """The ``sweep`` section every sweep config declares.
+
+  Every axis defaults to "not swept", ``()``: the run config's own value is then the single
+  point (no ``widths`` trains ``model.width``). A run key that an axis sets per run cannot
+  also be fixed for the whole sweep: when ``pinned`` (experiments.sweep pins every run key
+  given on the command line) holds a key of a non-empty axis (see AXIS_KEYS), planning
+  fails naming both; sweep the one value instead, e.g. ``--config.sweep.widths='(256,)'``
+  rather than ``--config.model.width=256``. Runs whose ``train.steps`` come from
+  ``tokens`` or ``budgets`` clamp a longer ``train.warmup_steps`` or ``train.eval_every``
+  to their steps, unless that key is pinned: then planning fails naming both keys.
+  A plan is refused when it needs more training FLOPs than ``max_flops`` or when its
+  largest run needs more memory than ``max_memory_gb``; the message gives the estimate
+  and the key to raise.
+  """
   s = ml_collections.ConfigDict()
-  s.widths = (64,)  # model.width values
-  s.depths = (2,)  # model.depth values
+  s.widths = ()  # model.width values
+  s.depths = ()  # model.depth values
   s.learning_rates = ()  # train.learning_rate values
   s.seeds = ()  # train.seed values
   s.tokens = ()  # training tokens (or examples) per run; sets train.steps
@@ -38,11 +54,26 @@ def sweep_section() -> ml_collections.ConfigDict:
   s.precisions = ()  # "float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq"
   s.distill_from_largest = False  # add a student of each smaller dense size, taught by the
   #                                 largest dense run of the sweep (compress.distill settings)
+  s.pinned = ()  # run keys ("model.width", ...) no axis may set; see the docstring
   s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
   s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
-  s.max_flops = 0.0  # compute budget of the whole sweep; --dry_run warns above it (0 = none)
+  s.max_flops = 0.0  # refuse plans needing more training FLOPs, all runs together;
+  #                    0 = a week at the devices' peak (1e16, about a day, where it is unknown)
+  s.max_memory_gb = 0.0  # refuse runs estimated to need more memory per device (GB);
+  #                        0 = the device's memory (host memory on CPU)
   s.max_hours = 0.0  # wall-time budget at the measured throughput; --dry_run warns (0 = none)
   return s
+
+
+# The run keys each axis sets per run (a pinned one of them is an error).
+AXIS_KEYS = {"widths": ("model.width",), "depths": ("model.depth",),
+             "learning_rates": ("train.learning_rate",), "seeds": ("train.seed",),
+             "tokens": ("train.steps",), "budgets": ("train.steps",),
+             "sparsities": ("compress.prune.sparsity",),
+             "precisions": ("train.compute_dtype", "compress.qat.bits", "compress.ptq.bits"),
+             "distill_from_largest": ("compress.distill.teacher",)}
+# Bytes per parameter while training: float32 weights, gradients and two AdamW moments.
+_BYTES_PER_PARAM = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +122,63 @@ def _axis(values, field: str, cast) -> list:
     return [cast(v) for v in values]
   except (TypeError, ValueError):
     raise ValueError(f"sweep.{field} must be a sequence of numbers, got {values!r}") from None
+
+
+def _amounts(values, field: str) -> list[float]:
+  amounts = _axis(values, field, float)
+  for v in amounts:
+    config_lib.finite_number(f"sweep.{field} value", v, 0, open_low=True)
+  return amounts
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _keys_set_by(axis: str, values) -> tuple[str, ...]:
+  """The run keys a non-empty ``axis`` sets (precisions set a pass's bits only when
+  they list that pass)."""
+  if axis != "precisions":
+    return AXIS_KEYS[axis]
+  return ("train.compute_dtype",) + tuple(
+      f"compress.{kind}.bits" for kind in ("qat", "ptq")
+      if any(str(p).endswith(f"-{kind}") for p in values))
+
+
+def _check_pinned(config: ml_collections.ConfigDict) -> None:
+  """A pinned run key that an axis would set per run is an error naming both."""
+  s = config.sweep
+  for axis in AXIS_KEYS:
+    values = s[axis]
+    clash = [k for k in (_keys_set_by(axis, values) if values else ()) if k in s.pinned]
+    if not clash:
+      continue
+    key, value = clash[0], _get(config, clash[0])
+    if axis in ("widths", "depths", "learning_rates", "seeds", "sparsities"):
+      fix = f"to sweep only {value!r} give --config.sweep.{axis}='({value!r},)' instead"
+    elif axis == "distill_from_largest":
+      fix = "or turn the students off with --config.sweep.distill_from_largest=False"
+    else:
+      fix = f"to use {key} unswept give --config.sweep.{axis}='()' as well"
+    raise ValueError(f"{key}={value!r} is set for the whole sweep but sweep.{axis}="
+                     f"{values!r} sets {key} for each run; {fix}")
+
+
+def _clamp_to_steps(c: ml_collections.ConfigDict, steps: int, pinned, axis: str,
+                    label: str) -> None:
+  """Warm-up and eval cadence longer than a tokens/budgets run shrink to its length,
+  unless the user fixed them (pinned): then it is an error naming both keys."""
+  for key in ("warmup_steps", "eval_every"):
+    if c.train[key] <= steps:
+      continue
+    if f"train.{key}" in pinned:
+      raise ValueError(f"train.{key}={c.train[key]} is longer than run {label}, whose "
+                       f"train.steps={steps} comes from sweep.{axis}; give at most {steps} "
+                       "or raise sweep.min_steps")
+    c.train[key] = steps
 
 
 def _steps_for(units: float, run: config_lib.RunSpec) -> int:
@@ -150,12 +238,12 @@ def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
   if s.tokens and s.budgets:
     raise ValueError("sweep.tokens and sweep.budgets are exclusive: give one of them, "
                      f"got tokens={tuple(s.tokens)} and budgets={tuple(s.budgets)}")
+  _check_pinned(config)
   widths = _axis(s.widths, "widths", int) or [config.model.width]
   depths = _axis(s.depths, "depths", int) or [config.model.depth]
   rates = _axis(s.learning_rates, "learning_rates", float) or [config.train.learning_rate]
   seeds = _axis(s.seeds, "seeds", int) or [config.train.seed]
-  amounts = (_axis(s.budgets, "budgets", float) or _axis(s.tokens, "tokens", float)
-             or [None])
+  amounts = _amounts(s.budgets, "budgets") or _amounts(s.tokens, "tokens") or [None]
   sparsities = _axis(s.sparsities, "sparsities", float) or [None]
   precisions = list(s.precisions) or [None]
   runs = []
@@ -177,8 +265,7 @@ def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
       if steps < s.min_steps:
         continue
       c.train.steps = steps
-      c.train.warmup_steps = min(c.train.warmup_steps, steps)
-      c.train.eval_every = min(c.train.eval_every, steps)
+      _clamp_to_steps(c, steps, s.pinned, "budgets" if s.budgets else "tokens", label)
     spec = config_lib.resolve(c, dataset)
     runs.append(PlannedRun(run_id=run_id(c), label=label, config=c, spec=spec,
                            budget=amount if s.budgets else None))
@@ -190,7 +277,83 @@ def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
   ids = [r.run_id for r in runs]
   if len(set(ids)) != len(ids):
     raise ValueError("the sweep lists the same run twice; remove duplicate axis values")
+  check_fits(runs, s)
+  _check_teachers(runs)
   return sorted(runs, key=lambda r: (r.teacher_id is not None, r.flops, r.label))
+
+
+def _check_teachers(runs: list[PlannedRun]) -> None:
+  """A teacher given as a folder must be a trained run before anything starts (students
+  of this sweep's own runs, "run:<id>", are checked when they start)."""
+  for r in runs:
+    for p in r.spec.compress.passes:
+      if isinstance(p, config_lib.DistillSpec) and not p.teacher.startswith("run:"):
+        folder = epath.Path(p.teacher)
+        if not (folder / "config.json").exists() or not (folder / "checkpoints").exists():
+          raise ValueError(f"compress.distill.teacher {p.teacher} is not a trained run "
+                           "(no config.json and checkpoints/ there)")
+
+
+def estimated_memory_bytes(run: config_lib.RunSpec, devices: int) -> int:
+  """A lower bound on one device's memory to train ``run`` data parallel on ``devices``:
+  16 bytes per parameter (see _BYTES_PER_PARAM) plus, per unit of its micro-batch, the
+  float32 input and output of each layer (2 x depth x width); real activations (MLP
+  hidden, attention scores) only add to this."""
+  micro_batch = -(-run.train.global_batch // (run.train.grad_accum * devices))
+  activations = 4 * 2 * run.model.depth * run.model.width * run.model.units_per_example
+  return (_BYTES_PER_PARAM * run.model.param_counts().total + activations * micro_batch)
+
+
+# Where the devices' peak is unknown (CPUs), sweep.max_flops=0 admits this much: about a
+# day at the ~1e11 FLOP/s a 2-core CPU sustains on these models.
+_UNKNOWN_PEAK_MAX_FLOPS = 1e16
+_WEEK_SECONDS = 7 * 24 * 3600
+
+
+def default_max_flops(compute_dtype: str) -> float:
+  """The FLOPs all devices deliver in a week at their peak (sweep.max_flops=0)."""
+  devices = jax.devices()
+  peak = flops_lib.peak_flops_per_device(devices[0].device_kind, compute_dtype)
+  return peak * len(devices) * _WEEK_SECONDS if peak else _UNKNOWN_PEAK_MAX_FLOPS
+
+
+def device_memory_bytes() -> int:
+  """Memory of one local device: its allocator limit, or the host's memory on CPU."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(runs: list[PlannedRun], s: ml_collections.ConfigDict) -> None:
+  """Refuses a plan this machine cannot finish (sweep.max_flops) or hold
+  (sweep.max_memory_gb), stating the estimate and the key that raises the limit."""
+  max_flops = config_lib.finite_number("sweep.max_flops", s.max_flops, 0)
+  limit = max_flops or default_max_flops(runs[0].spec.train.compute_dtype)
+  total = sum(r.flops for r in runs)
+  if total > limit:
+    where = (f"sweep.max_flops={max_flops:.3g}" if max_flops
+             else f"what these devices finish in a week (sweep.max_flops=0: {limit:.3g})")
+    raise ValueError(f"the plan needs {total:.3g} training FLOPs ({len(runs)} runs), over "
+                     f"{where}; to run it anyway raise the limit, "
+                     f"e.g. --config.sweep.max_flops={_round_up(total):.2g}")
+  limit_gb = config_lib.finite_number("sweep.max_memory_gb", s.max_memory_gb, 0)
+  limit = limit_gb * 1e9 or device_memory_bytes()
+  devices = jax.device_count()
+  need, largest = max((estimated_memory_bytes(r.spec, devices), r.label) for r in runs)
+  if need > limit:
+    where = (f"sweep.max_memory_gb={limit_gb:g}" if limit_gb
+             else f"the {limit / 1e9:.3g} GB of one device (sweep.max_memory_gb=0)")
+    raise ValueError(f"run {largest} needs at least {need / 1e9:.3g} GB per device "
+                     f"(parameters, gradients and AdamW state plus activations), over {where}; "
+                     "shrink it, or if the estimate is wrong raise the limit, e.g. "
+                     f"--config.sweep.max_memory_gb={_round_up(need / 1e9):.2g}")
+
+
+def _round_up(x: float) -> float:
+  """``x`` rounded up to two significant digits (a limit that admits ``x``)."""
+  scale = 10 ** (math.floor(math.log10(x)) - 1) if x > 0 else 1
+  return math.ceil(x / scale) * scale
 
 
 def parse_worker(text: str) -> tuple[int, int]:

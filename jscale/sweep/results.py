@@ -23,6 +23,9 @@ COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_ra
            "val_loss_int8", "val_loss_int4", "weight_bytes_int8", "weight_bytes_int4")
 # Timings (wall time, tokens/s, MFU) stay in each result.json: the table holds only
 # deterministic numbers, so an interrupted and resumed sweep reproduces it bit for bit.
+# ``sparsity`` is realised, not configured: the fraction of zeros among the prunable
+# weights of the evaluated model (1 - n/m for N:M; below prune.sparsity when a gradual
+# schedule ends after the run), empty for a pruned run that did not finish.
 
 
 def run_dir(workdir: epath.PathLike, run_id: str) -> epath.Path:
@@ -40,7 +43,7 @@ def row(run_id: str, config: dict, result: dict) -> dict:
                 width=config["model"]["width"], depth=config["model"]["depth"],
                 learning_rate=config["train"]["learning_rate"], seed=config["train"]["seed"],
                 compress="+".join(passes) or "none",
-                sparsity=config["compress"]["prune"]["sparsity"] if "prune" in passes else 0.0,
+                sparsity=result.get("prunable_sparsity") if "prune" in passes else 0.0,
                 compute_dtype=config["train"]["compute_dtype"],
                 teacher=(config["compress"]["distill"]["teacher"] if "distill" in passes
                          else None))

@@ -18,6 +18,9 @@ Each run keeps its own folder exactly as ``jscale.train.loop.train`` writes it:
 started batched can be resumed alone, and the other way round) and the same result
 record. Runs are resumed from their own newest checkpoints; runs at different steps
 simply train side by side, each on its own batch ``train_batch(step_r, seed_r)``.
+A run's throughput (``tokens_per_second``, ``mfu``) is its share of the group's: its own
+FLOPs over the group's training time while it trained, a clock that stops during every
+run's final evaluation and last checkpoint.
 
 Shapes: R = run slots (runs + ghosts), B = global batch, S = longest run's steps.
 """
@@ -42,7 +45,7 @@ from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import DataParallel
 from jscale.train import grouping
 from jscale.train.loop import (Progress, eval_record, evaluate, final_evaluation,
-                               print_progress, result_record, unit_name)
+                               log_final_eval, print_progress, result_record, unit_name)
 from jscale.train.step import (TrainState, init_state, make_eval_step, make_train_step,
                                train_step_fn)
 
@@ -114,7 +117,9 @@ class _Member:
   progress: Callable[[Progress], None]
   start: int = 0
   wall_before: float = 0.0
-  timed_from: tuple[int, float] | None = None
+  clock: Callable[[], float] = time.perf_counter  # the group's training clock
+  timed_from: tuple[int, float] | None = None  # (step, clock) of the first step read back
+  timed_to: tuple[int, float] | None = None  # ... and of the latest
   result: dict | None = None
 
   @property
@@ -125,9 +130,10 @@ class _Member:
     """Logs ``step``'s metrics (already computed); False when the loss is not finite."""
     t = self.run.train
     self.log.append("train", step, values)
-    now = time.perf_counter()
+    now = self.clock()
+    self.timed_to = (step, now)
     if self.timed_from is None:
-      self.timed_from = (step, now)
+      self.timed_from = self.timed_to
     if step % t.log_every == 0 or step == t.steps:
       done, elapsed = step - self.timed_from[0], now - self.timed_from[1]
       units = t.global_batch * self.run.model.units_per_example
@@ -147,8 +153,8 @@ class _Member:
     """The result record of ``jscale.train.loop.train``, plus the group size."""
     self.ckpt.wait()
     train_losses = [r["loss"] for r in self.log.records() if r["kind"] == "train"]
-    timed_steps = steps_done - self.timed_from[0] if self.timed_from else 0
-    timed_seconds = time.perf_counter() - self.timed_from[1] if self.timed_from else 0.0
+    timed_steps = self.timed_to[0] - self.timed_from[0] if self.timed_from else 0
+    timed_seconds = self.timed_to[1] - self.timed_from[1] if self.timed_from else 0.0
     self.result = dict(
         result_record(self.run, dataset, dp, status=status,
                       diverged_step=steps_done if status == "diverged" else None,
@@ -230,11 +236,15 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
   eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
   evaluate_slot = lambda state, r: eval_record(  # noqa: E731
       dataset, evaluate(eval_step, _slot(state, r, dp).params, eval_batches, dp))
+  stopped = [0.0]  # seconds the training clock stood still (final evaluations)
+
+  def clock() -> float:
+    return time.perf_counter() - stopped[0]
 
   with contextlib.ExitStack() as stack:
     members = [_Member(run, d, stack.enter_context(Checkpointer(d / "checkpoints",
                                                                 run.checkpoint)),
-                       MetricsLog(d / "metrics.jsonl"), show)
+                       MetricsLog(d / "metrics.jsonl"), show, clock=clock)
                for run, d, show in zip(runs, dirs, progress)]
     state = _initial_state(members, layout, dp)
     ghosts = layout.slots - len(members)
@@ -266,15 +276,18 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
       pending = None
 
     def complete(r):
-      """Final evaluation, last checkpoint and result of a member at its last step."""
-      m, params = members[r], _slot(state, r, dp)
+      """Final evaluation, last checkpoint and result of a member at its last step; the
+      training clock stops meanwhile, so no run's throughput counts them."""
+      began = time.perf_counter()
+      m, params, steps_r = members[r], _slot(state, r, dp), members[r].run.train.steps
       final = final_evaluation(m.run, compress.compose([]), params.params, dataset,
                                eval_batches, dp)
-      m.log.append("eval", m.run.train.steps,
-                   {k: v for k, v in final.items() if k.startswith("val_")})
-      m.save(m.run.train.steps, params, elapsed())
-      finish(m, "done", m.run.train.steps, final)
+      log_final_eval(m.log, steps_r, final)
+      if m.start < steps_r:  # else resumed from the checkpoint of its last step
+        m.save(steps_r, params, elapsed())
+      finish(m, "done", steps_r, final)
       active[r] = False
+      stopped[0] += time.perf_counter() - began
 
     for r, m in enumerate(members):
       if not active[r]:  # resumed at its last step: only the final evaluation is missing

@@ -27,9 +27,9 @@ from jscale.sharding import DataParallel, process_shard
 from jscale.train.step import init_state, make_eval_step, make_train_step
 
 LN2 = math.log(2.0)
-TRAIN_LOSS_WINDOW = 10
+TRAIN_LOSS_WINDOW = 10  # final train loss = mean of the last this-many step losses
 # Token/position embeddings and the output head are not "non-embedding" (Kaplan's N).
-TRANSFORMER_EMBEDDING_KEYS = ("token_embedding", "position_embedding", "head")  # final train loss = mean of the last this-many step losses
+TRANSFORMER_EMBEDDING_KEYS = ("token_embedding", "position_embedding", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,24 +81,31 @@ def eval_record(dataset, values: dict) -> dict:
 
 
 def _nonzero_non_embedding(spec, params) -> int:
-  """Non-embedding parameters that are not zero (pruning's effective model size)."""
+  """Non-embedding weights of ``params`` that are not zero: pruning's effective model
+  size. A quantized weight counts its integer values (what the evaluation multiplies)."""
+  def quantized(x) -> bool:
+    return isinstance(x, compress.QuantizedArray)
+
   zeros = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params, is_leaf=quantized):
+    values = np.asarray(leaf.values if quantized(leaf) else leaf)
     if spec.family != "transformer" or path[0].key not in TRANSFORMER_EMBEDDING_KEYS:
-      zeros += int(leaf.size - np.count_nonzero(np.asarray(leaf)))
+      zeros += int(values.size - np.count_nonzero(values))
   return spec.param_counts().non_embedding - zeros
 
 
 def final_evaluation(run: RunSpec, compression, params, dataset, eval_batches: list,
                      dp: DataParallel) -> dict:
   """Validation numbers of the finished model: after post-training passes, with the
-  compression report, and post-training quantization at each ``ptq_eval_bits``."""
+  compression report (sparsity and non-zero counts of the params evaluated, so one-shot
+  and N:M pruning report what they realised), and post-training quantization at each
+  ``ptq_eval_bits``."""
   module = run.model.make_module()
   final_params = compression.after_training(params)
   record = eval_record(dataset, evaluate(make_eval_step(module, dp, compression),
                                           final_params, eval_batches, dp))
   record.update(compression.report(final_params))
-  record["params_nonzero_non_embedding"] = _nonzero_non_embedding(run.model, params)
+  record["params_nonzero_non_embedding"] = _nonzero_non_embedding(run.model, final_params)
   unquantized = compress.compose(
       [p for p in compression.passes if p.name not in ("ptq", "qat")]).after_training(params)
   for bits in run.compress.ptq_eval_bits:
@@ -108,6 +115,14 @@ def final_evaluation(run: RunSpec, compression, params, dataset, eval_batches: l
     record[f"val_loss_int{bits}"] = values["loss"]
     record[f"weight_bytes_int{bits}"] = compress.weight_report(quantized)["weight_bytes"]
   return record
+
+
+def log_final_eval(log: MetricsLog, steps: int, final: dict) -> None:
+  """Appends the final eval record, unless the log holds it already: a run killed after
+  its last checkpoint but before its result was written reruns the final evaluation
+  (the same numbers), and ``truncate_after(steps)`` kept the first record."""
+  if not any(r["kind"] == "eval" and r["step"] == steps for r in log.records()):
+    log.append("eval", steps, {k: v for k, v in final.items() if k.startswith("val_")})
 
 
 def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
@@ -143,7 +158,9 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
     units_per_step = t.global_batch * run.model.units_per_example
     index, count = process_shard()
     wall_before, t0 = float(meta["wall_seconds"]), time.perf_counter()
-    timed_from = None  # (step, time) once the first step (compilation) is done
+    # (step, time) when the first step (compilation) and the latest step were read back:
+    # throughput is timed between them, never over the final evaluation.
+    timed_from = timed_to = None
     status, diverged_step, pending = "done", None, None
 
     saved = [start]
@@ -158,12 +175,13 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
 
     def consume(step, metrics) -> bool:
       """Logs step's metrics (already computed); False when the loss is not finite."""
-      nonlocal timed_from
+      nonlocal timed_from, timed_to
       values = {k: float(v) for k, v in metrics.items()}
       log.append("train", step, values)
       now = time.perf_counter()
+      timed_to = (step, now)
       if timed_from is None:
-        timed_from = (step, now)
+        timed_from = timed_to
       if step % t.log_every == 0 or step == t.steps:
         done, elapsed = step - timed_from[0], now - timed_from[1]
         rate = done * units_per_step / elapsed if done and elapsed > 0 else float("nan")
@@ -199,16 +217,15 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
     final = {}
     if status == "done":
       final = final_evaluation(run, compression, state.params, dataset, eval_batches, dp)
-      log.append("eval", t.steps, {k: v for k, v in final.items() if k.startswith("val_")})
+      log_final_eval(log, t.steps, final)
       save(t.steps, state)
     log.flush()
     ckpt.wait()
     wall = wall_before + time.perf_counter() - t0
 
   train_losses = [r["loss"] for r in log.records() if r["kind"] == "train"]
-  steps_done = diverged_step or t.steps
-  timed_steps = (steps_done - timed_from[0]) if timed_from else 0
-  timed_seconds = (time.perf_counter() - timed_from[1]) if timed_from else 0.0
+  timed_steps = (timed_to[0] - timed_from[0]) if timed_from else 0
+  timed_seconds = (timed_to[1] - timed_from[1]) if timed_from else 0.0
   return result_record(run, dataset, dp, status=status, diverged_step=diverged_step,
                        final=final, train_losses=train_losses, wall_seconds=wall,
                        timed_steps=timed_steps, timed_seconds=timed_seconds)
@@ -217,7 +234,15 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
 def result_record(run: RunSpec, dataset, dp: DataParallel, *, status: str,
                   diverged_step: int | None, final: dict, train_losses: list[float],
                   wall_seconds: float, timed_steps: int, timed_seconds: float) -> dict:
-  """A finished run's result.json record (shared by single and model-batched training)."""
+  """A finished run's result.json record (shared by single and model-batched training).
+
+  ``tokens_per_second``, ``flops_per_second`` and ``mfu`` are over ``timed_steps`` steps
+  in ``timed_seconds``: from the first step's output (after compilation) to the last
+  step's. Periodic evaluations and checkpoints in between count; the final evaluation,
+  post-training quantization and the last checkpoint do not. A model-batched run reports
+  its share: its own FLOPs over the group's training time while it trained, so the
+  shares of a group add up to the group's FLOPs over that time.
+  """
   t = run.train
   steps_done = diverged_step or t.steps
   flops_per_step = flops_lib.train_flops_per_step(run.model, t.global_batch)
