@@ -10,6 +10,7 @@ import importlib.util
 import os
 import re
 import sys
+import warnings
 from typing import Callable, NoReturn
 
 from jscale.config import absolute_path
@@ -17,6 +18,10 @@ from jscale.config import absolute_path
 # --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
+
+
+# Bad input exits 2; a storage fault (nothing the command line can fix) exits 3.
+STORAGE_FAULT_EXIT_CODE = 3
 
 
 def fail(message: str) -> NoReturn:
@@ -34,6 +39,11 @@ def run_main(main: Callable[..., object]) -> Callable[..., object]:
       return main(argv)
     except ValueError as e:
       fail(str(e))
+    except OSError as e:  # storage: read-only, full, gone; finished work stays on disk
+      where = f"cannot write {e.filename}" if e.filename else "storage fault"
+      print(f"error: {where}: {e.strerror or e}; finished runs and checkpoints are kept, "
+            "rerun the same command once the storage is fixed", file=sys.stderr)
+      sys.exit(STORAGE_FAULT_EXIT_CODE)
 
   return wrapped
 
@@ -177,15 +187,27 @@ def flags_parser(argv: list[str]) -> list[str]:
 
 
 def _quiet_orbax() -> None:
-  """Orbax logs every save at INFO and every read-only restore at WARNING, none of which
-  a user can act on: keep the console (and a bad-input error) to jscale's own lines."""
+  """Orbax logs every save at INFO, every read-only restore at WARNING and every failed
+  write at ERROR, none of which a user can act on: keep the console (and an error) to
+  jscale's own lines."""
   import logging as std_logging  # noqa: PLC0415
 
   from absl import logging  # noqa: PLC0415  (entry points only)
 
   logging.set_verbosity(logging.WARNING)
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.ERROR or f"{os.sep}orbax{os.sep}" not in r.pathname)
+  # Its errors come with thread tracebacks; the exception that reaches jscale is reported
+  # in one line instead.
+  logging.get_absl_handler().addFilter(lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
+  # A damaged checkpoint's failed reads leave asyncio futures and loops behind that report
+  # "exception never retrieved" / "Event loop is closed" when collected: jscale already
+  # said which checkpoint was damaged and what it did about it.
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
+  default_hook = sys.unraisablehook
+  sys.unraisablehook = lambda u: (
+      None if isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)
+      else default_hook(u))
 
 
 def _config_key_exists(config, dotted: str) -> bool:

@@ -65,8 +65,12 @@ class MetricsLog:
       return list(self._buffer)
     if not self._path.exists():
       return []
-    lines = self._path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    text = self._path.read_text()
+    if not text.endswith("\n"):
+      # An append cut short (disk full, killed mid-write): the unfinished last record is
+      # dropped; its step is retrained after the resume and logged again.
+      text = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
   def truncate_after(self, step: int) -> None:
     kept = [r for r in self.records() if r["step"] <= step]

@@ -36,3 +36,16 @@ def test_eta_format():
   assert metrics.format_eta(75) == "1m15s"
   assert metrics.format_eta(3 * 3600 + 60) == "3h01m"
   assert metrics.format_eta(float("nan")) == "?"
+
+
+def test_an_append_cut_short_is_dropped_and_the_log_goes_on(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  log = metrics.MetricsLog(path)
+  for step in (1, 2):
+    log.append("train", step, {"loss": 1.0})
+  with path.open("a") as f:
+    f.write('{"kind": "train", "loss": 0.9, "st')  # the disk filled mid-record
+  assert [r["step"] for r in metrics.MetricsLog(path).records()] == [1, 2]
+  log.truncate_after(2)
+  log.append("train", 3, {"loss": 0.8})
+  assert [r["step"] for r in metrics.MetricsLog(path).records()] == [1, 2, 3]

@@ -6,8 +6,11 @@ runs i, i+K, ... of the plan, so every run is trained exactly once.
 """
 
 import dataclasses
+import errno
 import json
 import math
+import os
+import re
 import time
 from typing import Callable
 
@@ -178,9 +181,37 @@ def training_units(todo: list, dataset, dp, batch_runs: str) -> list[list]:
   return units
 
 
+_STORAGE_FAULTS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left",
+                   errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+                   errno.EIO: "input/output error"}
+
+
+def storage_fault(e: BaseException) -> OSError | None:
+  """The OSError of a storage fault behind ``e`` (orbax and tensorstore wrap them), or
+  None. Storage faults stop the sweep: every later run would fail the same way."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _STORAGE_FAULTS:
+      return e
+    for code, words in _STORAGE_FAULTS.items():
+      if words in str(e).lower() or os.strerror(code).lower() in str(e).lower():
+        return OSError(code, os.strerror(code), _quoted_path(str(e)))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _quoted_path(text: str) -> str | None:
+  match = re.search(r"['\"](/[^'\"]+)['\"]", text)
+  return match.group(1) if match else None
+
+
 def _failed(e: Exception) -> dict:
-  if isinstance(e, ValueError):  # bad input: stop the sweep with its one-line message
-    raise e
+  if isinstance(e, ValueError) and storage_fault(e) is None:
+    raise e  # bad input: stop the sweep with its one-line message
+  fault = storage_fault(e)
+  if fault is not None:
+    raise fault from None
   return {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 

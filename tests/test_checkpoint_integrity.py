@@ -1,0 +1,268 @@
+"""Damaged checkpoints are detected (restore error or digest mismatch), set aside, and
+the run resumes from the newest intact one and finishes bit-identical to an
+uninterrupted run."""
+
+import json
+import logging
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jscale import config as config_lib
+from jscale import data as data_lib
+from jscale.checkpoint import Checkpointer, state_digest
+from jscale.optim import make_optimizer
+from jscale.sharding import data_parallel
+from jscale.train import init_state, train
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
+
+
+@pytest.fixture(scope="module")
+def run(dataset):
+  return config_lib.resolve(tiny_config(), dataset)  # checkpoints at 4, 8, 12; keeps 3
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, run, dataset):
+  """An uninterrupted run: its folder and final state."""
+  folder = tmp_path_factory.mktemp("reference")
+  result = train(run, dataset, folder, dp=data_parallel(1), progress=lambda p: None)
+  return folder, result, _final_state(folder, run)
+
+
+def _abstract(run):
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  return jax.eval_shape(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0))
+
+
+def _final_state(folder, run):
+  with Checkpointer(folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
+    state, meta = ckpt.restore(12, _abstract(run))
+  assert meta["step"] == 12
+  return jax.device_get(state)
+
+
+def _data_files(step_dir):
+  return [f for f in (step_dir / "state").rglob("*")
+          if f.is_file() and f.parent.name == "d"]
+
+
+def _truncate(step_dir):
+  for f in _data_files(step_dir):
+    f.write_bytes(b"")
+
+
+def _truncate_half(step_dir):
+  for f in _data_files(step_dir):
+    data = f.read_bytes()
+    f.write_bytes(data[:len(data) // 2])
+
+
+def _overwrite_64_bytes(step_dir):
+  rng = np.random.default_rng(0)
+  for f in _data_files(step_dir):
+    data = bytearray(f.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    f.write_bytes(bytes(data))
+
+
+def _junk_metadata(step_dir):
+  for name in ("_METADATA", "_sharding"):
+    (step_dir / "state" / name).write_text("{not json")
+  (step_dir / "meta" / "metadata").write_text("\x00junk")
+
+
+def _missing_item(step_dir):
+  shutil.rmtree(step_dir / "state")
+
+
+def _garbled_manifest(step_dir):
+  for f in (step_dir / "state").rglob("manifest.ocdbt"):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 3:] = b"\xff" * (len(data) - len(data) // 3)
+    f.write_bytes(bytes(data))
+
+
+DAMAGE = {"truncated": _truncate, "half_truncated": _truncate_half,
+          "64_bytes_overwritten": _overwrite_64_bytes, "junk_metadata": _junk_metadata,
+          "missing_item": _missing_item, "garbled_manifest": _garbled_manifest}
+
+
+def _resume_after_damage(tmp_path, run, dataset, reference, damage, steps_damaged):
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  for step in steps_damaged:
+    damage(folder / "checkpoints" / str(step))
+  result = train(run, dataset, folder, dp=data_parallel(1), progress=lambda p: None)
+  return folder, result
+
+
+def _assert_identical_to_reference(folder, result, run, reference):
+  ref_folder, ref_result, ref_state = reference
+  assert result["status"] == "done"
+  assert result["val_loss"] == ref_result["val_loss"]
+  assert result["train_loss"] == ref_result["train_loss"]
+  state = _final_state(folder, run)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
+    np.testing.assert_array_equal(a, b)
+  assert state_digest(state) == state_digest(ref_state)
+  lines = lambda d: (d / "metrics.jsonl").read_text().splitlines()
+  assert lines(folder) == lines(ref_folder)
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_finishes_identically(
+    tmp_path, run, dataset, reference, kind, caplog):
+  with caplog.at_level(logging.WARNING):
+    folder, result = _resume_after_damage(tmp_path, run, dataset, reference, DAMAGE[kind],
+                                          [12])
+  _assert_identical_to_reference(folder, result, run, reference)
+  aside = list((folder / "checkpoints.damaged").iterdir())
+  assert [p.name.split("-")[0] for p in aside] == ["12"]
+  assert "is damaged" in caplog.text and str(aside[0]) in caplog.text
+
+
+def test_two_damaged_in_a_row_fall_back_two(tmp_path, run, dataset, reference, caplog):
+  with caplog.at_level(logging.WARNING):
+    folder, result = _resume_after_damage(tmp_path, run, dataset, reference,
+                                          _overwrite_64_bytes, [12, 8])
+  _assert_identical_to_reference(folder, result, run, reference)
+  aside = sorted(p.name.split("-")[0] for p in (folder / "checkpoints.damaged").iterdir())
+  assert aside == ["12", "8"]
+
+
+def _swap_in_older_arrays(step_dir):
+  """Step 12's arrays replaced by step 8's: a well-formed item orbax restores without
+  complaint, holding values that were never saved as step 12."""
+  shutil.rmtree(step_dir / "state")
+  shutil.copytree(step_dir.parent / "8" / "state", step_dir / "state")
+
+
+def test_well_formed_wrong_arrays_are_caught_by_the_digest_alone(tmp_path, run, dataset,
+                                                                 reference):
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  _swap_in_older_arrays(folder / "checkpoints" / "12")
+  with Checkpointer(folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
+    state, meta = ckpt.restore_latest(_abstract(run))
+  assert meta["step"] == 8  # 12 restored fine as far as orbax goes; read-only: skipped
+  assert (folder / "checkpoints" / "12").exists()
+  folder, result = _resume_after_damage(tmp_path / "again", run, dataset, reference,
+                                        _swap_in_older_arrays, [12])
+  _assert_identical_to_reference(folder, result, run, reference)
+  assert (folder / "checkpoints.damaged").exists()
+
+
+def test_the_digest_is_independent_of_sharding(run):
+  module, tx = run.model.make_module(), make_optimizer(run.train)
+  state = init_state(module, tx, run.model.dummy_inputs(1), 0)
+  on_one = jax.device_put(state, data_parallel(1).replicated)
+  on_eight = jax.device_put(state, data_parallel(8).replicated)
+  assert state_digest(on_one) == state_digest(on_eight)
+  changed = jax.tree.map(np.array, jax.device_get(state))
+  leaf = next(x for x in jax.tree.leaves(changed) if x.dtype == np.float32)
+  leaf.flat[0] = np.nextafter(leaf.flat[0], np.inf)
+  assert state_digest(changed) != state_digest(on_one)
+
+
+def test_a_checkpoint_without_a_digest_restores_with_a_warning(tmp_path, run, reference,
+                                                               caplog):
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  meta_file = folder / "checkpoints" / "12" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["state_sha256"]
+  meta_file.write_text(json.dumps(meta))
+  with caplog.at_level(logging.WARNING), Checkpointer(
+      folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
+    state, meta = ckpt.restore_latest(_abstract(run))
+  assert meta["step"] == 12 and "no digest" in caplog.text
+
+
+# Storage faults, each in a private mount namespace (root on these machines): a tmpfs
+# workdir turned read-only during training or between runs, or one that fills up.
+_FAULT_SCRIPT = r"""
+set -u
+W=$1; MODE=$2; REPO=$3; PY=$4
+mount -t tmpfs -o size=$([ "$MODE" = full ] && echo 400k || echo 64m) tmpfs "$W"
+sweep() {
+  (cd "$REPO" && "$PY" -m experiments.sweep --config=experiments/configs/smoke.py \
+     --workdir="$W/w" --nofit --compilation_cache= --config.train.steps=400 \
+     --config.checkpoint.every=100)
+}
+sweep > "$W.out" 2> "$W.err" &
+PID=$!
+if [ "$MODE" != full ]; then
+  WAIT_FOR=$([ "$MODE" = ro_during ] && echo 'checkpoints/100' || echo 'result.json')
+  for i in $(seq 1 1200); do
+    ls "$W"/w/runs/*/$WAIT_FOR > /dev/null 2>&1 && break
+    sleep 0.05
+  done
+  mount -o remount,ro "$W"
+fi
+START=$(date +%s%N)
+wait $PID
+CODE=$?
+echo "$CODE $(( ($(date +%s%N) - START) / 1000000 ))" > "$W.status"
+mount -o remount,rw,size=64m "$W"
+sweep > "$W.rerun.out" 2> "$W.rerun.err"
+echo $? > "$W.rerun.status"
+cp "$W/w/results.csv" "$W.results.csv"
+"""
+
+
+def _unshare_works() -> bool:
+  import subprocess  # noqa: PLC0415
+  probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                         capture_output=True)
+  return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_results(tmp_path_factory):
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  from pathlib import Path  # noqa: PLC0415
+  repo = Path(__file__).resolve().parents[1]
+  w = tmp_path_factory.mktemp("uninterrupted") / "w"
+  subprocess.run([sys.executable, "-m", "experiments.sweep",
+                  "--config=experiments/configs/smoke.py", f"--workdir={w}", "--nofit",
+                  "--compilation_cache=", "--config.train.steps=400",
+                  "--config.checkpoint.every=100"], cwd=repo, check=True,
+                 capture_output=True)
+  return (w / "results.csv").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ro_during", "ro_between", "full"])
+def test_storage_fault_is_one_line_within_seconds_and_loses_nothing(
+    tmp_path, mode, uninterrupted_results):
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  from pathlib import Path  # noqa: PLC0415
+  if not _unshare_works():
+    pytest.skip("needs root and mount namespaces (unshare -m)")
+  repo = Path(__file__).resolve().parents[1]
+  w = tmp_path / "mnt"
+  w.mkdir()
+  subprocess.run(["unshare", "-m", "bash", "-c", _FAULT_SCRIPT, "fault", str(w), mode,
+                  str(repo), sys.executable], check=True, timeout=600)
+  code, milliseconds = (tmp_path / "mnt.status").read_text().split()
+  stderr = (tmp_path / "mnt.err").read_text()
+  assert code == "3", stderr
+  assert int(milliseconds) < 30_000
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and "Traceback" not in stderr, stderr
+  cause = "No space left" if mode == "full" else "Read-only file system"
+  assert lines[0].startswith("error: cannot write /") and cause in lines[0]
+  assert (tmp_path / "mnt.rerun.status").read_text().strip() == "0"
+  assert (tmp_path / "mnt.results.csv").read_text() == uninterrupted_results
