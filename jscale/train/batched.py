@@ -45,7 +45,8 @@ from jscale.optim import learning_rate_schedule, make_optimizer
 from jscale.sharding import DataParallel
 from jscale.train import grouping
 from jscale.train.loop import (Progress, eval_record, evaluate, final_evaluation,
-                               log_final_eval, print_progress, result_record, unit_name)
+                               log_final_eval, print_progress, result_record,
+                               throughput_values, unit_name)
 from jscale.train.step import (TrainState, init_state, make_eval_step, make_train_step,
                                train_step_fn)
 
@@ -118,6 +119,7 @@ class _Member:
   start: int = 0
   wall_before: float = 0.0
   clock: Callable[[], float] = time.perf_counter  # the group's training clock
+  num_devices: int = 1  # devices the group trains on (for MFU)
   timed_from: tuple[int, float] | None = None  # (step, clock) of the first step read back
   timed_to: tuple[int, float] | None = None  # ... and of the latest
   result: dict | None = None
@@ -141,6 +143,7 @@ class _Member:
       eta = (t.steps - step) * elapsed / done if done else float("nan")
       self.progress(Progress(step, t.steps, values["loss"], rate, eta,
                              unit_name(self.run.model)))
+      self.log.append("throughput", step, throughput_values(self.run, rate, self.num_devices))
     return math.isfinite(values["loss"])
 
   def save(self, step: int, state: TrainState, elapsed: float) -> None:
@@ -152,6 +155,7 @@ class _Member:
              dataset, dp: DataParallel, group_size: int) -> None:
     """The result record of ``jscale.train.loop.train``, plus the group size."""
     self.ckpt.wait()
+    self.log.close()
     train_losses = [r["loss"] for r in self.log.records() if r["kind"] == "train"]
     timed_steps = self.timed_to[0] - self.timed_from[0] if self.timed_from else 0
     timed_seconds = self.timed_to[1] - self.timed_from[1] if self.timed_from else 0.0
@@ -244,7 +248,8 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
   with contextlib.ExitStack() as stack:
     members = [_Member(run, d, stack.enter_context(Checkpointer(d / "checkpoints",
                                                                 run.checkpoint)),
-                       MetricsLog(d / "metrics.jsonl"), show, clock=clock)
+                       MetricsLog(d / "metrics.jsonl"), show, clock=clock,
+                       num_devices=dp.num_devices)
                for run, d, show in zip(runs, dirs, progress)]
     state = _initial_state(members, layout, dp)
     ghosts = layout.slots - len(members)
@@ -320,6 +325,7 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
         for r, m in enumerate(members):
           if m.running:
             m.ckpt.wait()
+            m.log.close()
             m.result = {"status": "preempted", "step": int(steps[r])}
         break
     flush()

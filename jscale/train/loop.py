@@ -187,6 +187,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
         rate = done * units_per_step / elapsed if done and elapsed > 0 else float("nan")
         eta = (t.steps - step) * elapsed / done if done else float("nan")
         progress(Progress(step, t.steps, values["loss"], rate, eta, unit_name(run.model)))
+        log.append("throughput", step, throughput_values(run, rate, dp.num_devices))
       return math.isfinite(values["loss"])
 
     for step in range(start, t.steps):
@@ -210,6 +211,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
             eval_step, state.params, eval_batches, dp)))
       if stop:
         ckpt.wait()
+        log.close()
         return {"status": "preempted", "step": done_steps}
     if status == "done" and pending is not None and not consume(*pending):
       status, diverged_step = "diverged", pending[0]
@@ -219,7 +221,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
       final = final_evaluation(run, compression, state.params, dataset, eval_batches, dp)
       log_final_eval(log, t.steps, final)
       save(t.steps, state)
-    log.flush()
+    log.close()
     ckpt.wait()
     wall = wall_before + time.perf_counter() - t0
 
@@ -229,6 +231,23 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
   return result_record(run, dataset, dp, status=status, diverged_step=diverged_step,
                        final=final, train_losses=train_losses, wall_seconds=wall,
                        timed_steps=timed_steps, timed_seconds=timed_seconds)
+
+
+def peak_flops(run: RunSpec) -> float | None:
+  """Per-device peak FLOP/s for MFU: train.peak_flops, or the device's from the table."""
+  kind = jax.devices()[0].device_kind
+  return run.train.peak_flops or flops_lib.peak_flops_per_device(kind, run.train.compute_dtype)
+
+
+def throughput_values(run: RunSpec, units_per_second: float, num_devices: int) -> dict:
+  """The throughput record at a progress line: tokens (or examples) per second, achieved
+  FLOP/s and, where the device's peak is known, MFU."""
+  per_unit = flops_lib.train_flops_per_step(run.model, run.train.global_batch) / (
+      run.train.global_batch * run.model.units_per_example)
+  flops_per_second = units_per_second * per_unit
+  mfu = flops_lib.mfu(flops_per_second / num_devices, peak_flops(run))
+  return {f"{unit_name(run.model)}_per_second": units_per_second,
+          "flops_per_second": flops_per_second, **({"mfu": mfu} if mfu is not None else {})}
 
 
 def result_record(run: RunSpec, dataset, dp: DataParallel, *, status: str,
@@ -249,7 +268,7 @@ def result_record(run: RunSpec, dataset, dp: DataParallel, *, status: str,
   units_per_step = t.global_batch * run.model.units_per_example
   flops_per_second = flops_per_step * timed_steps / timed_seconds if timed_steps else None
   device = jax.devices()[0]
-  peak = t.peak_flops or flops_lib.peak_flops_per_device(device.device_kind, t.compute_dtype)
+  peak = peak_flops(run)
   params = run.model.param_counts()
   return {
       "status": status,
