@@ -118,8 +118,12 @@ class Checkpointer:
     if self._read_only:
       logging.warning("checkpoint %s is damaged (%s); trying the previous one", damaged, why)
       return
-    aside = self._directory.parent / f"{self._directory.name}.damaged" / (
-        f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+    stamp = f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside = self._directory.parent / f"{self._directory.name}.damaged" / stamp
+    # The same step damaged twice within a second must not land on (and fail at) the first.
+    n = 1
+    while aside.exists():
+      aside, n = aside.with_name(f"{stamp}.{n}"), n + 1
     aside.parent.mkdir(parents=True, exist_ok=True)
     damaged.rename(aside)
     self._manager.reload()

@@ -2,16 +2,30 @@
 
 After a resume from step s the log is cut back to records with step <= s, so a resumed
 run's log reads exactly like an uninterrupted one's.
+
+Each run folder ``runs/<id>/`` holds ``metrics.jsonl`` (train and eval records),
+``throughput.jsonl`` (tokens/s, FLOP/s, MFU at the log cadence) and ``tensorboard/``, the
+same records as TensorBoard scalars ("train/loss", "train/learning_rate",
+"train/grad_norm", "eval/val_loss", "eval/val_bpb" or "eval/val_accuracy",
+"throughput/tok_per_second", "throughput/mfu", ...): ``tensorboard --logdir WORKDIR`` shows
+every run of a sweep, named ``runs/<id>/tensorboard``. Event files are written for local
+workdirs only (they are appended to, which object stores cannot do, and tensorboardX's own
+writer would need google-cloud-storage, not a dependency): a ``gs://`` run writes none,
+without error; its JSONL files hold the numbers.
 """
 
 import json
 import math
 import os
 import shutil
+import socket
+import struct
 import tempfile
+import time
 
-import tensorboardX
 from etils import epath
+from tensorboardX.proto import event_pb2, summary_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 
 def write_json_atomic(path: epath.PathLike, obj) -> None:
@@ -50,44 +64,75 @@ def _finite_or_none(value):
 
 
 class EventFiles:
-  """TensorBoard event files mirroring a run's records (``<run>/tensorboard/``), so
-  ``tensorboard --logdir WORKDIR`` shows every run of a sweep, one curve per run and tag
-  ("train/loss", "eval/val_loss", "throughput/mfu", ...).
+  """TensorBoard event files mirroring a run's records (``<run>/tensorboard/``, tags
+  "<kind>/<key>": see the module docstring).
 
-  They are derived data: :meth:`rebuild` rewrites them from the JSONL records a resumed run
-  kept, so a resumed run's curves hold each step once. tensorboardX writes local files
-  only, so a ``gs://`` run writes none (its metrics.jsonl holds the same numbers).
+  They are derived data: :meth:`rebuild` deletes them and rewrites every record a run's
+  JSONL files hold, so after a resume (the files cut back to the checkpoint's step) each
+  step is in them once, even a step a killed process had logged after its last
+  checkpoint. Each record is one event (all its scalars, tensorboardX's protobufs and
+  TFRecord checksum), kept in memory and appended by :meth:`flush` (at each throughput
+  record, i.e. the log cadence, before each checkpoint and at the end), not by
+  tensorboardX's SummaryWriter: that keeps a file open in a writer thread, which on a
+  full disk dies and leaves the next flush waiting forever. Local files only: a ``gs://``
+  run writes none (its JSONL files hold the same numbers). Rebuilt events carry the
+  rebuild's wall time.
   """
 
   def __init__(self, folder: epath.PathLike):
     self._folder = epath.Path(folder)
-    self._writer = None
+    self._file = None  # set by rebuild
+    self._pending: list[bytes] = []  # framed records not yet on disk
+
+  @property
+  def stale(self) -> bool:
+    """True until :meth:`rebuild` names the file (always False on object stores)."""
+    return self._file is None and _is_local(self._folder)
 
   def rebuild(self, records: list[dict]) -> None:
     if not _is_local(self._folder):
       return
-    self.close()
+    self._pending = []
     if self._folder.exists():
       shutil.rmtree(os.fspath(self._folder))
-    self._writer = tensorboardX.SummaryWriter(os.fspath(self._folder))
+    self._folder.mkdir(parents=True)
+    self._file = self._folder / (
+        f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.jscale")
+    self._append(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
     for record in sorted(records, key=lambda r: r["step"]):
       self.write(record)
+    self.flush()
 
   def write(self, record: dict) -> None:
-    if self._writer is None:
+    if self._file is None:
       return
-    for key, value in record.items():
-      if key not in ("kind", "step") and isinstance(value, (int, float)) and value is not None:
-        self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+    # None (a non-finite value in the JSONL) and non-numbers have no curve.
+    values = [summary_pb2.Summary.Value(tag=f"{record['kind']}/{key}", simple_value=value)
+              for key, value in record.items()
+              if key not in ("kind", "step") and isinstance(value, (int, float))
+              and not isinstance(value, bool)]
+    if values:
+      self._append(event_pb2.Event(
+          wall_time=time.time(), step=record["step"], summary=summary_pb2.Summary(value=values)))
+
+  def _append(self, event) -> None:
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._pending.append(header + struct.pack("<I", masked_crc32c(header)) + data
+                         + struct.pack("<I", masked_crc32c(data)))
 
   def flush(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
+    """Appends the pending events and closes the file again: no descriptor stays open
+    between flushes (an open one would keep the workdir from being remounted, and a
+    writer thread that died on a full disk would hang the next flush)."""
+    if self._file is None or not self._pending:
+      return
+    with open(os.fspath(self._file), "ab") as f:
+      f.write(b"".join(self._pending))
+    self._pending = []
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+    self.flush()
 
 
 class MetricsLog:
@@ -96,9 +141,10 @@ class MetricsLog:
   ``metrics.jsonl`` holds what training computed (train and eval records: the same for
   the same config and seed); records of a wall-clock kind ("throughput") go to
   ``throughput.jsonl`` beside it, so metrics.jsonl stays deterministic. Both are mirrored
-  into ``tensorboard/`` (see EventFiles). Object stores (``gs://``) cannot append: there
-  records are buffered and whole files rewritten by :meth:`flush` (the loop flushes
-  before each checkpoint and at the end).
+  into ``tensorboard/`` (see EventFiles): the first append or truncation of a process
+  rewrites that mirror from the JSONL files, so it never holds a step twice. Object
+  stores (``gs://``) cannot append: there records are buffered and whole files
+  rewritten by :meth:`flush` (the loop flushes before each checkpoint and at the end).
   """
 
   def __init__(self, path: epath.PathLike):
@@ -121,8 +167,12 @@ class MetricsLog:
     record = {"kind": kind, "step": int(step)}
     record.update({k: _finite_or_none(v) if isinstance(v, float) else v
                    for k, v in values.items()})
+    if self._events.stale:  # this process's first record: mirror what earlier ones logged
+      self._events.rebuild([r for f in self._files.values() for r in f.records()])
     self._files["timing" if kind in WALL_CLOCK_KINDS else "metrics"].append(record)
     self._events.write(record)
+    if kind in WALL_CLOCK_KINDS:  # the log cadence: a live TensorBoard follows the run
+      self._events.flush()
 
   def flush(self) -> None:
     for f in self._files.values():
@@ -186,6 +236,6 @@ def _line(record: dict) -> str:
 def format_eta(seconds: float) -> str:
   if not math.isfinite(seconds) or seconds < 0:
     return "?"
-  minutes, secs = divmod(int(round(seconds)), 60)
+  minutes, secs = divmod(round(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

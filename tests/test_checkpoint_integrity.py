@@ -5,6 +5,9 @@ uninterrupted run."""
 import json
 import logging
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -140,6 +143,26 @@ def test_two_damaged_in_a_row_fall_back_two(tmp_path, run, dataset, reference, c
   assert aside == ["12", "8"]
 
 
+def test_the_same_step_damaged_twice_keeps_both_copies_aside(tmp_path, run, reference,
+                                                             monkeypatch):
+  """Set aside, saved again and damaged again within the same second (the clock held
+  still): both damaged copies are kept, neither overwritten nor lost."""
+  monkeypatch.setattr("time.strftime", lambda *_: "20260101T000000")
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  checkpoints = folder / "checkpoints"
+  for _ in range(2):
+    if not (checkpoints / "12").exists():
+      shutil.copytree(reference[0] / "checkpoints" / "12", checkpoints / "12")
+    _overwrite_64_bytes(checkpoints / "12")
+    with Checkpointer(checkpoints, run.checkpoint) as ckpt:
+      _, meta = ckpt.restore_latest(_abstract(run))
+    assert meta["step"] == 8
+  aside = sorted((folder / "checkpoints.damaged").iterdir())
+  assert len(aside) == 2 and all(p.name.startswith("12-") for p in aside)
+  assert all((p / "state").is_dir() and (p / "meta").is_dir() for p in aside)
+
+
 def _swap_in_older_arrays(step_dir):
   """Step 12's arrays replaced by step 8's: a well-formed item orbax restores without
   complaint, holding values that were never saved as step 12."""
@@ -153,7 +176,7 @@ def test_well_formed_wrong_arrays_are_caught_by_the_digest_alone(tmp_path, run, 
   shutil.copytree(reference[0], folder)
   _swap_in_older_arrays(folder / "checkpoints" / "12")
   with Checkpointer(folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
-    state, meta = ckpt.restore_latest(_abstract(run))
+    _, meta = ckpt.restore_latest(_abstract(run))
   assert meta["step"] == 8  # 12 restored fine as far as orbax goes; read-only: skipped
   assert (folder / "checkpoints" / "12").exists()
   folder, result = _resume_after_damage(tmp_path / "again", run, dataset, reference,
@@ -186,6 +209,42 @@ def test_a_checkpoint_without_a_digest_restores_with_a_warning(tmp_path, run, re
       folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
     state, meta = ckpt.restore_latest(_abstract(run))
   assert meta["step"] == 12 and "no digest" in caplog.text
+  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(reference[2])):
+    np.testing.assert_array_equal(a, b)
+
+
+def _smoke_sweep(workdir):
+  """The smoke sweep through its entry point: (exit code, stderr)."""
+  done = subprocess.run([sys.executable, "-m", "experiments.sweep",
+                         "--config=experiments/configs/smoke.py", f"--workdir={workdir}",
+                         "--nofit", "--compilation_cache="],
+                        cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                        text=True, timeout=300, check=False)
+  return done.returncode, done.stderr
+
+
+@pytest.mark.slow
+def test_garbled_manifests_resume_through_the_cli_without_tracebacks(tmp_path):
+  """Every run's newest manifest garbled and its result removed: the rerun sweep warns
+  once per run, prints no traceback (no "Event loop is closed") and reproduces the
+  results of the sweep before the damage."""
+  workdir = tmp_path / "w"
+  code, stderr = _smoke_sweep(workdir)
+  assert code == 0, stderr
+  before = (workdir / "results.csv").read_text()
+  runs = sorted((workdir / "runs").iterdir())
+  for run_dir in runs:
+    (run_dir / "result.json").unlink()
+    _garbled_manifest(run_dir / "checkpoints" / "12")
+  code, stderr = _smoke_sweep(workdir)
+  assert code == 0, stderr
+  assert "Traceback" not in stderr and "Event loop is closed" not in stderr, stderr
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert len(lines) == len(runs) and all("is damaged" in line for line in lines), stderr
+  for run_dir in runs:
+    assert [p.name.split("-")[0] for p in (run_dir / "checkpoints.damaged").iterdir()] == ["12"]
+    assert (run_dir / "checkpoints" / "12").is_dir()  # saved again
+  assert (workdir / "results.csv").read_text() == before
 
 
 # Storage faults, each in a private mount namespace (root on these machines): a tmpfs
@@ -221,17 +280,13 @@ cp "$W/w/results.csv" "$W.results.csv"
 
 
 def _unshare_works() -> bool:
-  import subprocess  # noqa: PLC0415
   probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                         capture_output=True)
+                         capture_output=True, check=False)
   return probe.returncode == 0
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_results(tmp_path_factory):
-  import subprocess  # noqa: PLC0415
-  import sys  # noqa: PLC0415
-  from pathlib import Path  # noqa: PLC0415
   repo = Path(__file__).resolve().parents[1]
   w = tmp_path_factory.mktemp("uninterrupted") / "w"
   subprocess.run([sys.executable, "-m", "experiments.sweep",
@@ -246,9 +301,6 @@ def uninterrupted_results(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["ro_during", "ro_between", "full"])
 def test_storage_fault_is_one_line_within_seconds_and_loses_nothing(
     tmp_path, mode, uninterrupted_results):
-  import subprocess  # noqa: PLC0415
-  import sys  # noqa: PLC0415
-  from pathlib import Path  # noqa: PLC0415
   if not _unshare_works():
     pytest.skip("needs root and mount namespaces (unshare -m)")
   repo = Path(__file__).resolve().parents[1]

@@ -23,6 +23,10 @@ def test_log_appends_truncates_and_reads_back(tmp_path, monkeypatch, local):
   log.flush()
   assert [(r["kind"], r["step"]) for r in metrics.MetricsLog(path).records()] == [
       ("train", 1), ("train", 2), ("train", 3), ("eval", 4)]
+  log.close()
+  # Object stores get no TensorBoard events (tensorboardX writes local files only).
+  events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert len(events) == (1 if local else 0)
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
