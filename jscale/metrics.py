@@ -14,6 +14,7 @@ writer would need google-cloud-storage, not a dependency): a ``gs://`` run write
 without error; its JSONL files hold the numbers.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -40,11 +41,27 @@ def write_text_atomic(path: epath.PathLike, text: str) -> None:
     path.write_text(text)
     return
   fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.fspath(path))
+  try:
+    with naming(path), os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.fspath(path))
+  finally:
+    if os.path.exists(tmp):  # the write failed (disk full): leave the old file alone
+      os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def naming(path: epath.PathLike):
+  """Storage errors raised inside name ``path`` (a failed ``write`` names no file), so
+  the entry point can say which file could not be written."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename:
+      raise
+    raise OSError(e.errno, e.strerror, os.fspath(path)) from e
 
 
 def _is_local(path: epath.Path) -> bool:
@@ -127,7 +144,7 @@ class EventFiles:
     writer thread that died on a full disk would hang the next flush)."""
     if self._file is None or not self._pending:
       return
-    with open(os.fspath(self._file), "ab") as f:
+    with naming(self._file), open(os.fspath(self._file), "ab") as f:
       f.write(b"".join(self._pending))
     self._pending = []
 
@@ -221,7 +238,7 @@ class _JsonLines:
     if self._buffer is not None:
       self._buffer.append(record)
       return
-    with self._path.open("a") as f:
+    with naming(self._path), self._path.open("a") as f:
       f.write(_line(record))
 
   def flush(self) -> None:

@@ -53,3 +53,18 @@ def test_an_append_cut_short_is_dropped_and_the_log_goes_on(tmp_path):
   log.truncate_after(2)
   log.append("train", 3, {"loss": 0.8})
   assert [r["step"] for r in metrics.MetricsLog(path).records()] == [1, 2, 3]
+
+
+def test_a_failed_write_names_its_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+  target = tmp_path / "result.json"
+  metrics.write_json_atomic(target, {"x": 1})
+
+  def full_disk(*args):
+    raise OSError(28, "No space left on device")  # as os.write reports it: no file name
+
+  monkeypatch.setattr(metrics.os, "fsync", full_disk)
+  with pytest.raises(OSError) as e:
+    metrics.write_json_atomic(target, {"x": 2})
+  assert e.value.filename == str(target) and e.value.errno == 28
+  assert json.loads(target.read_text()) == {"x": 1}
+  assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary left

@@ -202,12 +202,12 @@ def _quoted_path(text: str) -> str | None:
   return match.group(1) if match else None
 
 
-def _failed(e: Exception) -> dict:
-  if isinstance(e, ValueError) and storage_fault(e) is None:
-    raise e  # bad input: stop the sweep with its one-line message
+def _failed(e: Exception, folder: epath.Path) -> dict:
   fault = storage_fault(e)
-  if fault is not None:
-    raise fault from None
+  if fault is not None:  # the run's folder when the error names no file
+    raise OSError(fault.errno, fault.strerror, fault.filename or os.fspath(folder)) from None
+  if isinstance(e, ValueError):
+    raise e  # bad input: stop the sweep with its one-line message
   return {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
@@ -220,7 +220,7 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
       return batched.train_group([r.spec for r in unit], dataset, folders, dp=dp,
                                  should_stop=should_stop, progress=progress)
     except Exception as e:  # noqa: BLE001  (one broken group must not end the sweep)
-      return [_failed(e)] * len(unit)
+      return [_failed(e, folders[0].parent)] * len(unit)
   run = unit[0]
   teacher = _wait_for_teacher(workdir, run)
   try:
@@ -229,7 +229,7 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
     return [train(run.spec, dataset, folders[0], dp=dp, should_stop=should_stop,
                   progress=progress[0])]
   except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
-    return [_failed(e)]
+    return [_failed(e, folders[0])]
 
 
 def run_sweep(config, options: SweepOptions,
