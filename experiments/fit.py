@@ -11,7 +11,6 @@ Wall time on the 2-core CPU dev box: about 2 s for a 4,500-start Chinchilla fit 
 fresh process, about 15 s more for 100 full-grid bootstrap resamples (BUILD_NOTES.md).
 """
 
-import json
 import math
 import os
 
@@ -24,6 +23,7 @@ from jscale import fit as fit_lib
 from jscale.config import absolute_path
 from jscale.fit import api as fit_api
 from jscale.fit import table
+from jscale.sweep.results import read_comparable
 
 _CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: reads results.csv, writes fit.json and plots/.")
@@ -114,14 +114,7 @@ def _check_sweep_workdir(workdir: str) -> str:
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir} " + ("is a file, not a sweep folder"
                                                  if os.path.exists(workdir) else "does not exist"))
-  sweep_json = os.path.join(workdir, "sweep.json")
-  if os.path.exists(sweep_json):
-    try:
-      with open(sweep_json, "rb") as f:
-        json.load(f)["comparable"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{sweep_json} is damaged ({type(e).__name__}); is {workdir} a "
-                       "jscale sweep folder?") from None
+  read_comparable(workdir)
   cli.check_writable_file("--workdir", os.path.join(workdir, "fit.json"))
   cli.check_writable_folder("--workdir", os.path.join(workdir, "plots"))
   return os.path.join(workdir, "results.csv")

@@ -6,8 +6,6 @@ same command again resumes. SIGTERM (a preemption notice) checkpoints and exits 
 This file is intentionally short: the logic lives in ``jscale.sweep``.
 """
 
-import json
-import pathlib
 import signal
 import sys
 
@@ -18,6 +16,7 @@ from ml_collections import config_flags
 from jscale import cli
 from jscale import config as config_lib
 from jscale import sweep
+from jscale.sweep.results import read_comparable
 from jscale.train import batched
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,13 +41,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 def _check_workdir(workdir: str) -> None:
   """A workdir must be a writable folder (or creatable), and a sweep.json in it readable."""
   cli.check_writable_folder("--workdir", workdir)
-  sweep_json = pathlib.Path(workdir, "sweep.json")
-  if "://" not in workdir and sweep_json.exists():
-    try:
-      json.loads(sweep_json.read_bytes())["comparable"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{sweep_json} is damaged ({type(e).__name__}); restore it, or "
-                       "start the sweep in a new --workdir") from None
+  read_comparable(workdir)
 
 
 def _pin_overrides(config) -> None:

@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable, NoReturn
 
-from jscale.config import absolute_path
+from jscale.config import absolute_path, lookup
 
 # --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
@@ -210,20 +210,11 @@ def _quiet_orbax() -> None:
       else default_hook(u))
 
 
-def _config_key_exists(config, dotted: str) -> bool:
-  node = config
-  for part in dotted.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def _unknown_override(argv: list[str], spec: str | None) -> str | None:
   if spec is None:
     return None
-  config = load_config_file(spec)
+  config, absent = load_config_file(spec), object()
   for key in config_overrides(argv):
-    if not _config_key_exists(config, key):
+    if lookup(config, key, absent) is absent:
       return f"--config.{key} is not a key of the config; check the spelling in the config file"
   return None

@@ -282,17 +282,30 @@ def absolute_path(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
+_MISSING = object()
+
+
+def lookup(config: ml_collections.ConfigDict, dotted: str, default: Any = _MISSING) -> Any:
+  """``config``'s value at a dotted key ("train.steps"); ``default`` where there is no such
+  key (a KeyError when none is given)."""
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      if default is _MISSING:
+        raise KeyError(dotted)
+      return default
+    node = node[part]
+  return node
+
+
 def make_paths_absolute(config: ml_collections.ConfigDict) -> None:
   """Resolves the PATH_KEYS of ``config`` in place, once, at start-up: orbax refuses
   relative paths, and a relative path would mean something else after a chdir."""
   for dotted in PATH_KEYS:
-    section, key = dotted.rsplit(".", 1)
-    node = config
-    for part in section.split("."):
-      node = node.get(part) if hasattr(node, "get") else None
-    value = node.get(key) if hasattr(node, "get") else None
+    value = lookup(config, dotted, None)
     if isinstance(value, str) and not value.startswith("run:"):
-      node[key] = absolute_path(value)
+      section, key = dotted.rsplit(".", 1)
+      lookup(config, section)[key] = absolute_path(value)
 
 
 def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:

@@ -131,13 +131,6 @@ def _amounts(values, field: str) -> list[float]:
   return amounts
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
 def _keys_set_by(axis: str, values) -> tuple[str, ...]:
   """The run keys a non-empty ``axis`` sets (precisions set a pass's bits only when
   they list that pass)."""
@@ -156,7 +149,7 @@ def _check_pinned(config: ml_collections.ConfigDict) -> None:
     clash = [k for k in (_keys_set_by(axis, values) if values else ()) if k in s.pinned]
     if not clash:
       continue
-    key, value = clash[0], _get(config, clash[0])
+    key, value = clash[0], config_lib.lookup(config, clash[0])
     if axis in ("widths", "depths", "learning_rates", "seeds", "sparsities"):
       fix = f"to sweep only {value!r} give --config.sweep.{axis}='({value!r},)' instead"
     elif axis == "distill_from_largest":

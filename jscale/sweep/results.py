@@ -32,6 +32,19 @@ def run_dir(workdir: epath.PathLike, run_id: str) -> epath.Path:
   return epath.Path(workdir) / "runs" / run_id
 
 
+def read_comparable(workdir: epath.PathLike) -> dict | None:
+  """The comparable fields recorded in ``workdir``'s sweep.json, or None before the
+  first run; a damaged sweep.json is a one-line ValueError naming it."""
+  path = epath.Path(workdir) / "sweep.json"
+  if not path.exists():
+    return None
+  try:
+    return dict(json.loads(path.read_text())["comparable"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path} is damaged ({type(e).__name__}); restore it, or start the "
+                     "sweep in a new --workdir") from None
+
+
 def read_result(path: epath.PathLike) -> dict | None:
   path = epath.Path(path) / "result.json"
   return json.loads(path.read_text()) if path.exists() else None

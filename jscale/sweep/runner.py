@@ -7,7 +7,6 @@ runs i, i+K, ... of the plan, so every run is trained exactly once.
 
 import dataclasses
 import errno
-import json
 import math
 import os
 import re
@@ -23,7 +22,7 @@ from jscale.metrics import format_eta, write_json_atomic
 from jscale.sharding import data_parallel
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import report
-from jscale.sweep.results import read_result, run_dir, write_results_csv
+from jscale.sweep.results import read_comparable, read_result, run_dir, write_results_csv
 from jscale.train import Progress, batched, grouping, train
 from jscale.train.step import init_state, make_train_step
 from jscale.optim import learning_rate_schedule, make_optimizer
@@ -50,15 +49,14 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
   except OSError as e:
     raise ValueError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
   fields = plan_lib.comparable_fields(config)
-  sweep_json = workdir / "sweep.json"
-  if sweep_json.exists():
-    before = json.loads(sweep_json.read_text())["comparable"]
+  before = read_comparable(workdir)
+  if before is not None:
     for key, value in fields.items():
       if key in before and before[key] != value:
         raise ValueError(
             f"{key} is {value!r} but the runs in {workdir} used {before[key]!r}; mixing them "
             "would make the results incomparable: use a new --workdir")
-  write_json_atomic(sweep_json, {"comparable": fields, "config": config.to_dict()})
+  write_json_atomic(workdir / "sweep.json", {"comparable": fields, "config": config.to_dict()})
 
 
 def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp, steps: int = 3) -> float:
