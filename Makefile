@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m jscale.data.fetch shakespeare mnist digits
+	$(PY) -m experiments.fetch_data shakespeare mnist digits
 	touch $(STAMP)
 
 setup: $(STAMP)

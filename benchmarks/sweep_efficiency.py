@@ -36,7 +36,7 @@ _COMPILE_PROBE = flags.DEFINE_string("compile_probe", "", "Internal: cache dir o
 
 
 def _runs(dataset):
-  from jscale import config as config_lib
+  from jscale.sweep import config as config_lib
   runs = []
   for seed in range(_RUNS.value):
     c = config_lib.base_config()
@@ -53,8 +53,8 @@ def _compile_seconds(cache_dir: str) -> float:
   """Seconds to lower and compile the batched step in this (fresh) process."""
   import jax
   from jscale import data as data_lib
-  from jscale.optim import make_optimizer
-  from jscale.sharding import data_parallel
+  from jscale.train.optim import make_optimizer
+  from jscale.train.sharding import data_parallel
   from jscale.train import batched, grouping
   from jscale.train.step import init_state
   batched.enable_compilation_cache(cache_dir)
@@ -106,7 +106,7 @@ def main(argv):
 
 
 def _compare(runs, dataset, tmp: str) -> None:
-  from jscale.sharding import data_parallel
+  from jscale.train.sharding import data_parallel
   from jscale.train import batched, train
 
   batched.enable_compilation_cache(f"{tmp}/xla")
@@ -149,5 +149,5 @@ if __name__ == "__main__":
     count = next((a.split("=")[1] for a in sys.argv if a.startswith("--host_devices=")), "8")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={count}").strip()
-  from jscale import cli
+  from experiments import cli
   app.run(cli.run_main(main), flags_parser=cli.flags_parser)

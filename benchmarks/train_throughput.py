@@ -19,7 +19,7 @@ device, as the default sweep trains them; then, at the largest size: with
 CPU, host devices forced before jax starts, each run by its own thread); and
 its gradient alone (``value_and_grad`` of the loss, no optimizer update).
 Every case starts from experiments/configs/lm_default.py (the default sweep).
-Model FLOPs follow ``jscale.flops``. Ends with one key=value line for the
+Model FLOPs follow ``jscale.models.flops``. Ends with one key=value line for the
 largest size as the default sweep trains it, against the square peak.
 """
 
@@ -34,12 +34,12 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments.configs import lm_default
-from jscale import cli
-from jscale import config as config_lib
+from experiments import cli
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale import flops
-from jscale.optim import learning_rate_schedule, make_optimizer
-from jscale.sharding import data_parallel
+from jscale.models import flops
+from jscale.train.optim import learning_rate_schedule, make_optimizer
+from jscale.train.sharding import data_parallel
 from jscale.train.step import cross_entropy, init_state, make_train_step
 
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0 = the default sweep's).")

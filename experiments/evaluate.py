@@ -8,10 +8,10 @@ With no --run, every finished run of the workdir; writes ``runs/<id>/eval.json``
 from absl import app, flags
 from etils import epath
 
-from jscale import cli
-from jscale.config import absolute_path
-from jscale.evaluate import evaluate_run
-from jscale.sharding import data_parallel
+from experiments import cli
+from jscale.sweep.config import absolute_path
+from jscale.sweep.evaluate import evaluate_run
+from jscale.train.sharding import data_parallel
 from jscale.sweep.results import read_result
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder.")

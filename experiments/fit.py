@@ -18,9 +18,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jscale import cli
+from experiments import cli
 from jscale import fit as fit_lib
-from jscale.config import absolute_path
+from jscale.sweep.config import absolute_path
 from jscale.fit import api as fit_api
 from jscale.fit import table
 from jscale.sweep.results import read_comparable
@@ -66,11 +66,11 @@ def _law_name() -> str:
 
 
 def _columns(cells) -> dict[str, np.ndarray]:
-  # A jscale results.csv counts FLOPs by jscale.flops, not 6ND: nothing may be derived from C.
+  # A jscale results.csv counts FLOPs by jscale.models.flops, not 6ND: nothing may be derived from C.
   jscale_table = {"run_id", "params_non_embedding", "tokens", "flops"} <= set(cells)
   if jscale_table and _C_COL.value and not (_N_COL.value and _D_COL.value):
     raise ValueError(f"--c_col={_C_COL.value} on a jscale results table needs --n_col=params_non_embedding "
-                     "and --d_col=tokens too: its FLOPs follow jscale.flops, not C = 6ND, so N and D "
+                     "and --d_col=tokens too: its FLOPs follow jscale.models.flops, not C = 6ND, so N and D "
                      "cannot be derived from C")
   names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "P": _P_COL.value, "T": _T_COL.value,
            "loss": _LOSS_COL.value}

@@ -13,11 +13,10 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jscale import cli
-from jscale import config as config_lib
+from experiments import cli
+from jscale.sweep import config as config_lib
 from jscale import sweep
 from jscale.sweep.results import read_comparable
-from jscale.train import batched
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file (experiments/configs/*.py).", lock_config=True)
@@ -70,7 +69,7 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   if _COMPILATION_CACHE.value:
-    batched.enable_compilation_cache(config_lib.absolute_path(_COMPILATION_CACHE.value))
+    cli.enable_compilation_cache(config_lib.absolute_path(_COMPILATION_CACHE.value))
   stop_requested = []
   signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   options = sweep.SweepOptions(workdir=workdir, worker=worker, dry_run=_DRY_RUN.value,

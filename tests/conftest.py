@@ -20,7 +20,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 def tiny_config(width=16, **train_overrides):
   """A run config that trains in about a second: a small LM on synthetic text."""
-  from jscale import config as config_lib  # noqa: PLC0415
+  from jscale.sweep import config as config_lib  # noqa: PLC0415
 
   c = config_lib.base_config()
   c.model.width, c.model.depth, c.model.num_heads = width, 1, 2
@@ -38,14 +38,11 @@ def train_alone(run, dataset, dp, steps=None):
   reference other training paths are compared with."""
   import numpy as np  # noqa: PLC0415
 
-  from jscale.optim import learning_rate_schedule, make_optimizer  # noqa: PLC0415
-  from jscale.train import init_state, make_train_step  # noqa: PLC0415
+  from jscale.train import build_run, make_train_step  # noqa: PLC0415
 
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  step_fn = make_train_step(module, tx, learning_rate_schedule(run.train), dp,
-                            run.train.grad_accum)
-  state = jax.device_put(init_state(module, tx, run.model.dummy_inputs(1), run.train.seed),
-                         dp.replicated)
+  built = build_run(run)
+  step_fn = make_train_step(built, dp)
+  state = jax.device_put(built.init(run.train.seed), dp.replicated)
   losses = []
   for step in range(run.train.steps if steps is None else steps):
     batch = dp.shard_batch(dataset.train_batch(step, run.train.global_batch, run.train.seed))

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale.checkpoint import Checkpointer
-from jscale.optim import learning_rate_schedule, make_optimizer
-from jscale.sharding import data_parallel
-from jscale.train import batched, grouping, init_state, train
+from jscale.train.checkpoint import Checkpointer
+from jscale.train.optim import learning_rate_schedule
+from jscale.train.sharding import data_parallel
+from jscale.train import batched, build_run, grouping, train, train_group
 
 import conftest
 from conftest import train_alone
@@ -53,8 +53,7 @@ def records(folder, kind):
 
 
 def final_params(folder, run):
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  abstract = jax.eval_shape(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0))
+  abstract = jax.eval_shape(build_run(run).init, 0)
   with Checkpointer(folder / "checkpoints", run.checkpoint, read_only=True) as ckpt:
     state, meta = ckpt.restore(ckpt.steps()[-1], abstract)
   assert meta["step"] == run.train.steps
@@ -103,7 +102,7 @@ def test_learning_rate_table_is_the_schedule_held_after_the_end(runs):
 def test_group_equals_each_run_alone(tmp_path, dataset, runs):
   dp = data_parallel(1)
   dirs = [tmp_path / f"run{i}" for i in range(len(runs))]
-  results = batched.train_group(runs, dataset, dirs, dp=dp, progress=[QUIET] * len(runs))
+  results = train_group(runs, dataset, dirs, dp=dp, progress=[QUIET] * len(runs))
   for run, folder, result in zip(runs, dirs, results):
     losses, params = train_alone(run, dataset, dp)
     logged = records(folder, "train")
@@ -123,7 +122,7 @@ def test_group_equals_each_run_alone(tmp_path, dataset, runs):
 @pytest.mark.slow
 def test_preempted_group_resumes_batched_or_alone(tmp_path, dataset, runs):
   dp = data_parallel(1)
-  straight = batched.train_group(runs, dataset, [tmp_path / f"s{i}" for i in range(3)],
+  straight = train_group(runs, dataset, [tmp_path / f"s{i}" for i in range(3)],
                                  dp=dp, progress=[QUIET] * 3)
   calls = []
 
@@ -132,13 +131,13 @@ def test_preempted_group_resumes_batched_or_alone(tmp_path, dataset, runs):
     return len(calls) >= 4
 
   dirs = [tmp_path / f"r{i}" for i in range(3)]
-  first = batched.train_group(runs, dataset, dirs, dp=dp, should_stop=stop_after_four,
+  first = train_group(runs, dataset, dirs, dp=dp, should_stop=stop_after_four,
                               progress=[QUIET] * 3)
   assert [r["status"] for r in first] == ["preempted"] * 3
   assert [r["step"] for r in first] == [4, 4, 4]
   # Run 2 resumes alone with the single-run loop; runs 0 and 1 resume as a group.
   alone = train(runs[2], dataset, dirs[2], dp=dp, progress=QUIET)
-  resumed = batched.train_group(runs[:2], dataset, dirs[:2], dp=dp, progress=[QUIET] * 2)
+  resumed = train_group(runs[:2], dataset, dirs[:2], dp=dp, progress=[QUIET] * 2)
   for before, after, folder_s, folder_r in zip(straight, resumed + [alone],
                                                [tmp_path / f"s{i}" for i in range(3)], dirs):
     assert after["status"] == "done"
@@ -151,7 +150,7 @@ def test_preempted_group_resumes_batched_or_alone(tmp_path, dataset, runs):
 def test_diverged_member_stops_alone(tmp_path, dataset):
   specs = [config_lib.resolve(tiny_config(steps=4, eval_every=4, clip_norm=0.0, **v), dataset)
            for v in (dict(), dict(learning_rate=1e30, warmup_steps=0))]
-  results = batched.train_group(specs, dataset, [tmp_path / "ok", tmp_path / "bad"],
+  results = train_group(specs, dataset, [tmp_path / "ok", tmp_path / "bad"],
                                 dp=data_parallel(1), progress=[QUIET] * 2)
   assert results[0]["status"] == "done" and "val_loss" in results[0]
   assert results[1]["status"] == "diverged" and 1 <= results[1]["diverged_step"] <= 4
@@ -182,9 +181,10 @@ def _run_isolated(code: str, timeout: float, env_extra=None) -> str:
 def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
   out = _run_isolated(f"""
       import json, jax
-      from jscale import config as config_lib, data as data_lib
-      from jscale.sharding import data_parallel
-      from jscale.train import batched
+      from jscale import data as data_lib
+      from jscale.sweep import config as config_lib
+      from jscale.train.sharding import data_parallel
+      from jscale.train import train_group
       from test_batched import QUIET, records, tiny_config
       import pathlib
       ds = data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
@@ -194,7 +194,7 @@ def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
       for devices, run_devices in ((1, 1), (2, 2), (2, 1), (4, 2)):
         dirs = [pathlib.Path({str(tmp_path)!r}) / f"{{devices}}-{{run_devices}}-{{i}}"
                 for i in range(2)]
-        batched.train_group(runs, ds, dirs, dp=data_parallel(devices),
+        train_group(runs, ds, dirs, dp=data_parallel(devices),
                             run_devices=run_devices, progress=[QUIET] * 2)
         losses[f"{{devices}}x{{run_devices}}"] = [[r["loss"] for r in records(d, "train")]
                                                 for d in dirs]

@@ -13,12 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale.checkpoint import Checkpointer, state_digest
-from jscale.optim import make_optimizer
-from jscale.sharding import data_parallel
-from jscale.train import init_state, train
+from jscale.train.checkpoint import Checkpointer, state_digest
+from jscale.train.sharding import data_parallel
+from jscale.train import build_run, train
 
 from conftest import tiny_config
 
@@ -42,8 +41,7 @@ def reference(tmp_path_factory, run, dataset):
 
 
 def _abstract(run):
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  return jax.eval_shape(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0))
+  return jax.eval_shape(build_run(run).init, 0)
 
 
 def _final_state(folder, run):
@@ -186,8 +184,7 @@ def test_well_formed_wrong_arrays_are_caught_by_the_digest_alone(tmp_path, run, 
 
 
 def test_the_digest_is_independent_of_sharding(run):
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  state = init_state(module, tx, run.model.dummy_inputs(1), 0)
+  state = build_run(run).init(0)
   on_one = jax.device_put(state, data_parallel(1).replicated)
   on_eight = jax.device_put(state, data_parallel(8).replicated)
   assert state_digest(on_one) == state_digest(on_eight)

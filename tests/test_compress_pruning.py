@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from jscale import compress
-from jscale.checkpoint import Checkpointer
+from jscale.train.checkpoint import Checkpointer
 from jscale.compress import pruning
-from jscale.config import CheckpointSpec
+from jscale.train.spec import CheckpointSpec
 
 
 class TinyLM(nn.Module):

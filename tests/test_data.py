@@ -14,7 +14,7 @@ import pytest
 from conftest import missing_data
 from jscale import data
 from jscale.data import cache as cache_lib
-from jscale.data import fetch
+from experiments import fetch_data
 from jscale.data import images
 from jscale.data import order
 from jscale.data import text
@@ -299,7 +299,7 @@ def test_missing_corpus_names_the_fetch_command(tmp_path, name):
     data.load(data.DataSpec(name, cache_dir=str(tmp_path)))
   message = str(error.value)
   assert "\n" not in message and str(tmp_path) in message
-  assert f"python -m jscale.data.fetch {name}" in message
+  assert f"python -m experiments.fetch_data {name}" in message
 
 
 @pytest.mark.parametrize("name, package", [("gcide", "dict-gcide"),
@@ -315,7 +315,7 @@ def test_missing_debian_corpus_names_apt(tmp_path, name, package):
 
 def test_fetch_cli_rejects_an_unknown_corpus_with_exit_2(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "jscale.data.fetch", "bogus"], capture_output=True,
+      [sys.executable, "-m", "experiments.fetch_data", "bogus"], capture_output=True,
       text=True, env={**os.environ, cache_lib.ENV_VAR: str(tmp_path)}, check=False)
   assert result.returncode == 2
   assert result.stderr.strip().count("\n") == 0
@@ -331,8 +331,8 @@ def test_fetching_a_present_corpus_downloads_nothing(tmp_path, monkeypatch):
     raise AssertionError(f"unexpected download: {args}")
 
   monkeypatch.setattr(subprocess, "run", no_download)
-  assert "already present" in fetch.fetch("digits", str(tmp_path))
-  assert "nothing to fetch" in fetch.fetch("stdlib", str(tmp_path))
+  assert "already present" in fetch_data.fetch("digits", str(tmp_path))
+  assert "nothing to fetch" in fetch_data.fetch("stdlib", str(tmp_path))
 
 
 def _idx_bytes(array, type_code):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from jscale import flops
+from jscale.models import flops
 from jscale import models
 
 
@@ -154,20 +154,18 @@ def test_measured_matmul_peak_is_a_positive_rate():
 def test_the_real_train_step_matches_the_convention_within_10_percent(
     width, depth, context, batch):
   """The jitted step jscale trains with (AdamW, clipping, data-parallel jit)."""
-  from jscale import config as config_lib  # noqa: PLC0415
+  from jscale.sweep import config as config_lib  # noqa: PLC0415
   from jscale import data as data_lib  # noqa: PLC0415
-  from jscale.optim import learning_rate_schedule, make_optimizer  # noqa: PLC0415
-  from jscale.train.step import init_state, train_step_fn  # noqa: PLC0415
+  from jscale.train.step import build_run  # noqa: PLC0415
 
   c = config_lib.base_config()
   c.model.width, c.model.depth, c.model.num_heads = width, depth, 2
   c.data.name, c.data.seq_len, c.train.global_batch = "synthetic_text", context, batch
   run = config_lib.resolve(c)
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  state = jax.eval_shape(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0))
+  built = build_run(run)
+  state = jax.eval_shape(built.init, 0)
   dataset = data_lib.load(config_lib.data_spec(c))
   batch_arrays = dataset.train_batch(0, batch, 0)
-  step = train_step_fn(module, tx, learning_rate_schedule(run.train))
-  measured = compiled_flops(step, state, batch_arrays)
+  measured = compiled_flops(built.step, state, batch_arrays)
   predicted = flops.train_flops_per_step(run.model, batch)
   assert measured == pytest.approx(predicted, rel=0.10)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jscale import metrics
+from jscale.train import metrics
 
 
 @pytest.mark.parametrize("local", [True, False])

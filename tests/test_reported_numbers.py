@@ -20,13 +20,13 @@ import pytest
 from scipy import optimize
 
 from conftest import tiny_config
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
 from jscale import fit as fit_lib
-from jscale.restore import restore_params
-from jscale.sharding import data_parallel
+from jscale.sweep.restore import restore_params
+from jscale.train.sharding import data_parallel
 from jscale.sweep import results as results_lib
-from jscale.train import batched, loop, train
+from jscale.train import loop, train, train_group
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,12 +211,12 @@ def test_throughput_stops_at_the_last_training_step(tmp_path, dataset, monkeypat
 
 
 def test_batched_throughput_excludes_every_final_evaluation(tmp_path, dataset, monkeypatch):
-  slow = _SlowFinalEvaluation(batched.final_evaluation)
-  monkeypatch.setattr(batched, "final_evaluation", slow)
+  slow = _SlowFinalEvaluation(loop.final_evaluation)
+  monkeypatch.setattr(loop, "final_evaluation", slow)
   runs = [config_lib.resolve(tiny_config(steps=s), dataset) for s in (6, 12)]
   slow.start = time.perf_counter()
-  results = batched.train_group(runs, dataset, [tmp_path / "short", tmp_path / "long"],
-                                dp=data_parallel(1), progress=[_quiet] * 2)
+  results = train_group(runs, dataset, [tmp_path / "short", tmp_path / "long"],
+                        dp=data_parallel(1), progress=[_quiet] * 2)
   assert len(slow.calls) == 2
   for run, result, (entered, _) in zip(runs, results, slow.calls):
     earlier = sum(end - begin for begin, end in slow.calls if end <= entered)
@@ -253,8 +253,8 @@ def test_batched_rerun_after_the_final_checkpoint_logs_the_final_eval_once(tmp_p
   dp = data_parallel(1)
 
   def group(*names):
-    return batched.train_group(runs, dataset, [tmp_path / n for n in names], dp=dp,
-                               progress=[_quiet] * 2)
+    return train_group(runs, dataset, [tmp_path / n for n in names], dp=dp,
+                       progress=[_quiet] * 2)
 
   straight = group("s0", "s1")
   group("k0", "k1")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
 from jscale.sweep import plan as plan_lib
 
@@ -121,8 +121,8 @@ def test_dry_run_plans_and_trains_nothing(tmp_path, env):
 
 
 def _final_params(workdir):
-  from jscale.restore import load_run_config, restore_params  # noqa: PLC0415
-  from jscale.sharding import data_parallel  # noqa: PLC0415
+  from jscale.sweep.restore import load_run_config, restore_params  # noqa: PLC0415
+  from jscale.train.sharding import data_parallel  # noqa: PLC0415
   out = {}
   for folder in sorted((workdir / "runs").iterdir()):
     c = load_run_config(folder)
@@ -152,18 +152,18 @@ KILLER = textwrap.dedent("""
     setattr(owner, name, patched)
     from absl import app
     from experiments import sweep
-    from jscale import cli
+    from experiments import cli
     sys.argv = [sys.argv[0]] + sys.argv[4:]
     app.run(cli.run_main(sweep.main), flags_parser=cli.flags_parser)
 """)
 
 KILL_MOMENTS = {
     # 2nd run, its 6th logged step: in the middle of training.
-    "during_a_run": ("jscale.metrics", "MetricsLog.append", 12 + 2 + 6),
+    "during_a_run": ("jscale.train.metrics", "MetricsLog.append", 12 + 2 + 6),
     # After run 1's result.json, before the table is rebuilt and run 2 starts.
     "between_runs": ("jscale.sweep.runner", "write_results_csv", 1),
     # An asynchronous save has been started and is still writing.
-    "during_a_checkpoint_save": ("jscale.checkpoint", "Checkpointer.save", 5),
+    "during_a_checkpoint_save": ("jscale.train.checkpoint", "Checkpointer.save", 5),
 }
 
 

@@ -10,11 +10,11 @@ import pytest
 from conftest import tiny_config
 from tensorboardX.proto import event_pb2
 
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale import metrics
-from jscale.sharding import data_parallel
-from jscale.train import batched, train
+from jscale.train import metrics
+from jscale.train.sharding import data_parallel
+from jscale.train import train, train_group
 
 
 def _crc32c(data: bytes) -> int:
@@ -130,7 +130,7 @@ def test_each_run_of_a_batched_group_has_its_own_events(tmp_path, dataset):
   runs = [config_lib.resolve(tiny_config(seed=seed, learning_rate=lr, log_every=3), dataset)
           for seed, lr in ((0, 1e-2), (1, 1e-3))]
   dirs = [tmp_path / "a", tmp_path / "b"]
-  batched.train_group(runs, dataset, dirs, dp=data_parallel(1), progress=[lambda p: None] * 2)
+  train_group(runs, dataset, dirs, dp=data_parallel(1), progress=[lambda p: None] * 2)
   losses = [[v for (tag, _), v in sorted(assert_events_mirror_jsonl(d).items())
              if tag == "train/loss"] for d in dirs]
   assert len(losses[0]) == len(losses[1]) == 12 and losses[0] != losses[1]

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale.evaluate import evaluate_run
-from jscale.optim import learning_rate_schedule
-from jscale.sharding import data_parallel
+from jscale.sweep.evaluate import evaluate_run
+from jscale.train.optim import learning_rate_schedule
+from jscale.train.sharding import data_parallel
 from jscale.train import train
 
 from conftest import tiny_config, train_alone

@@ -13,10 +13,10 @@ import pytest
 
 from conftest import tiny_config
 from test_compress_distillation import reference as distillation_reference
-from jscale import config as config_lib
+from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale.restore import load_run_spec, restore_params
-from jscale.sharding import data_parallel
+from jscale.sweep.restore import compression_for, load_run_spec, restore_params
+from jscale.train.sharding import data_parallel
 from jscale.train import train
 
 
@@ -101,8 +101,10 @@ def _train(tmp_path, dataset, config, name="run"):
   folder = tmp_path / name
   folder.mkdir()
   (folder / "config.json").write_text(json.dumps(config.to_dict()))
-  run = config_lib.resolve(config, dataset)
-  return train(run, dataset, folder, dp=data_parallel(1), progress=lambda p: None), folder
+  run, dp = config_lib.resolve(config, dataset), data_parallel(1)
+  compression = compression_for(run, folder, dp)  # restores a distillation teacher
+  return train(run, dataset, folder, dp=dp, compression=compression,
+               progress=lambda p: None), folder
 
 
 def test_gradual_pruning_reaches_exact_sparsity_and_survives_restore(tmp_path, dataset):

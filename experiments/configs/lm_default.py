@@ -9,7 +9,7 @@ dev box are in BUILD_NOTES.md. Smaller variant for a quick look:
 ``--config.train.steps=100 --config.sweep.widths='(16,32,64)'``.
 """
 
-from jscale.config import base_config
+from jscale.sweep.config import base_config
 from jscale.sweep import sweep_section
 
 

@@ -5,7 +5,7 @@
 Three tiny LMs on Shakespeare, 12 steps each, checkpoints every 4 steps.
 """
 
-from jscale.config import base_config
+from jscale.sweep.config import base_config
 from jscale.sweep import sweep_section
 
 

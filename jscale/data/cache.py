@@ -82,7 +82,7 @@ def cache_dir(explicit: str = "") -> pathlib.Path:
 def install_command(name: str, cache: pathlib.Path) -> str:
   """The shell command that puts corpus `name` where the loaders look."""
   prefix = "" if cache == cache_dir() else f"{ENV_VAR}={cache} "
-  fetch_command = f"{prefix}python -m jscale.data.fetch {name}"
+  fetch_command = f"{prefix}python -m experiments.fetch_data {name}"
   if name in APT_SOURCES:
     package = APT_SOURCES[name].package
     return (f"apt-get install {package} (or, without root: {fetch_command}, which "

@@ -5,7 +5,7 @@ Column keys are "N" (non-embedding, for sparse models non-zero, parameters),
 "D" (tokens), "C" (FLOPs), "S" (sparsity in [0, 1)), "P" (post-training
 bits), "T" (teacher loss) and "loss". A parametric law missing one of N, D, C
 derives it from Hoffmann's C = 6ND, the convention of tables such as Chinchilla's;
-jscale's own results follow ``jscale.flops`` instead, so they are fitted on N and D,
+jscale's own results follow ``jscale.models.flops`` instead, so they are fitted on N and D,
 never through C. Approach 2 ("isoflop") takes C with N and/or D and derives only
 what the table lacks (see ``approaches``).
 """
@@ -355,7 +355,7 @@ def _distillation_section(rows, dense, result) -> dict:
 
 def _isoflop_section(rows, dense, bootstrap, seed, notes) -> report.FitResult | None:
   """Approach 2 on the dense rows that carry an IsoFLOP budget: the planned FLOPs (by
-  ``jscale.flops``), the parameters and the tokens each run actually trained."""
+  ``jscale.models.flops``), the parameters and the tokens each run actually trained."""
   if "budget" not in rows:
     return None
   have = dense & np.isfinite(rows["budget"])

@@ -10,7 +10,7 @@ the runs actually trained, each from its own parabola. Only a table lacking one 
 two columns gets it from Hoffmann's C = 6ND (D* = C / (6 N*) for (C, N, loss) data such
 as Chinchilla's, N* = C / (6 D*) for (C, D, loss) data such as Llama 3's); ``sources``
 in the result says which. jscale's sweeps size runs with the full per-token rule of
-``jscale.flops`` (1.25-2.9x 6N on the sizes we train), so C / (6 N*) would overstate
+``jscale.models.flops`` (1.25-2.9x 6N on the sizes we train), so C / (6 N*) would overstate
 their D* by that factor: their tables carry the tokens and never take that route.
 """
 

@@ -106,7 +106,7 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
     return spec_lib.ParamCounts(total=total, non_embedding=total)
 
   def train_flops_per_unit(self) -> float:
-    """Training FLOPs per example; convention in ``jscale.flops``."""
+    """Training FLOPs per example; convention in ``jscale.models.flops``."""
     return float(6 * self.multiply_adds() - 2 * self.stem_multiply_adds())
 
 

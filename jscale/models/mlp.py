@@ -56,7 +56,7 @@ class MLPSpec(spec_lib.ImageClassifierSpec):
     return spec_lib.ParamCounts(total=total, non_embedding=total)
 
   def train_flops_per_unit(self) -> float:
-    """Training FLOPs per example; convention in ``jscale.flops``."""
+    """Training FLOPs per example; convention in ``jscale.models.flops``."""
     first_layer = self.input_size * self.width
     return float(6 * self.multiply_adds() - 2 * first_layer)
 

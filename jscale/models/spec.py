@@ -116,3 +116,7 @@ class ImageClassifierSpec:
 
   def dummy_inputs(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, *self.input_shape), jnp.float32)
+
+  def non_embedding_mask(self, params):
+    """Classifiers have no embedding tables: every parameter counts in N."""
+    return jax.tree.map(lambda _: True, params)

@@ -29,6 +29,8 @@ import numpy as np
 from jscale.models import spec as spec_lib
 
 POSITIONS = ("rotary", "learned")
+# Parameter modules outside Kaplan's non-embedding count N.
+EMBEDDING_MODULES = ("token_embedding", "position_embedding", "head")
 ROPE_BASE = 10_000.0
 
 
@@ -86,6 +88,11 @@ class TransformerSpec:
   def make_module(self) -> nn.Module:
     return Transformer(self)
 
+  def non_embedding_mask(self, params):
+    """True for the leaves Kaplan's N counts: all but the embeddings and the head."""
+    return {name: jax.tree.map(lambda _, keep=name not in EMBEDDING_MODULES: keep, tree)
+            for name, tree in params.items()}
+
   def dummy_inputs(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, self.context_length), jnp.int32)
 
@@ -106,7 +113,7 @@ class TransformerSpec:
         total=non_embedding + embeddings + head, non_embedding=non_embedding)
 
   def train_flops_per_unit(self) -> float:
-    """Training FLOPs per token; convention in ``jscale.flops``."""
+    """Training FLOPs per token; convention in ``jscale.models.flops``."""
     attention = 12 * self.depth * self.context_length * self.width
     return float(6 * self.matmul_params() + attention)
 

@@ -16,8 +16,9 @@ import jax
 import ml_collections
 from etils import epath
 
-from jscale import config as config_lib
-from jscale import flops as flops_lib
+from jscale.sweep import config as config_lib
+from jscale.models import flops as flops_lib
+from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.
 _NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
@@ -81,7 +82,7 @@ class PlannedRun:
   run_id: str
   label: str
   config: ml_collections.ConfigDict  # a complete run config
-  spec: config_lib.RunSpec
+  spec: RunSpec
   budget: float | None = None  # the IsoFLOP budget this run belongs to
   teacher_id: str | None = None  # distilled students: the run that teaches them
 
@@ -174,7 +175,7 @@ def _clamp_to_steps(c: ml_collections.ConfigDict, steps: int, pinned, axis: str,
     c.train[key] = steps
 
 
-def _steps_for(units: float, run: config_lib.RunSpec) -> int:
+def _steps_for(units: float, run: RunSpec) -> int:
   return max(1, round(units / (run.train.global_batch * run.model.units_per_example)))
 
 
@@ -279,15 +280,15 @@ def _check_teachers(runs: list[PlannedRun]) -> None:
   """A teacher given as a folder must be a trained run before anything starts (students
   of this sweep's own runs, "run:<id>", are checked when they start)."""
   for r in runs:
-    for p in r.spec.compress.passes:
-      if isinstance(p, config_lib.DistillSpec) and not p.teacher.startswith("run:"):
-        folder = epath.Path(p.teacher)
-        if not (folder / "config.json").exists() or not (folder / "checkpoints").exists():
-          raise ValueError(f"compress.distill.teacher {p.teacher} is not a trained run "
-                           "(no config.json and checkpoints/ there)")
+    p = r.spec.compress.distill
+    if p is not None and not p.teacher.startswith("run:"):
+      folder = epath.Path(p.teacher)
+      if not (folder / "config.json").exists() or not (folder / "checkpoints").exists():
+        raise ValueError(f"compress.distill.teacher {p.teacher} is not a trained run "
+                         "(no config.json and checkpoints/ there)")
 
 
-def estimated_memory_bytes(run: config_lib.RunSpec, devices: int) -> int:
+def estimated_memory_bytes(run: RunSpec, devices: int) -> int:
   """A lower bound on one device's memory to train ``run`` data parallel on ``devices``:
   16 bytes per parameter (see _BYTES_PER_PARAM) plus, per unit of its micro-batch, the
   float32 input and output of each layer (2 x depth x width); real activations (MLP

@@ -14,7 +14,7 @@ import json
 
 from etils import epath
 
-from jscale.metrics import write_text_atomic
+from jscale.train.metrics import write_text_atomic
 
 COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_rate", "seed",
            "budget", "steps", "params_total", "params_non_embedding", "tokens", "flops", "train_loss",

@@ -17,15 +17,16 @@ import jax
 from etils import epath
 
 from jscale import data as data_lib
-from jscale import config as config_lib
-from jscale.metrics import format_eta, write_json_atomic
-from jscale.sharding import data_parallel
+from jscale.sweep import config as config_lib
 from jscale.sweep import plan as plan_lib
-from jscale.sweep import report
+from jscale.sweep import report, restore
 from jscale.sweep.results import read_comparable, read_result, run_dir, write_results_csv
-from jscale.train import Progress, batched, grouping, train
-from jscale.train.step import init_state, make_train_step
-from jscale.optim import learning_rate_schedule, make_optimizer
+from jscale.train import batched, grouping
+from jscale.train.loop import train, train_group
+from jscale.train.metrics import format_eta, write_json_atomic
+from jscale.train.record import Progress
+from jscale.train.sharding import data_parallel
+from jscale.train.step import build_run, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +63,9 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
 def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp, steps: int = 3) -> float:
   """Training FLOP/s of ``run``'s shape, timed over a few steps after compilation."""
   spec = run.spec
-  module, tx = spec.model.make_module(), make_optimizer(spec.train)
-  step = make_train_step(module, tx, learning_rate_schedule(spec.train), dp,
-                         spec.train.grad_accum)
-  state = jax.jit(lambda: init_state(module, tx, spec.model.dummy_inputs(1), 0),
-                  out_shardings=dp.replicated)()
+  built = build_run(spec)
+  step = make_train_step(built, dp)
+  state = jax.jit(lambda: built.init(0), out_shardings=dp.replicated)()
   batch = dp.shard_batch(dataset.train_batch(0, spec.train.global_batch, 0))
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
@@ -159,7 +158,7 @@ def training_units(todo: list, dataset, dp, batch_runs: str) -> list[list]:
   units, decisions = [], {}
   for group in grouping.group_runs([r.spec for r in todo]):
     members = [todo[i] for i in group]
-    if len(members) < 2 or any(r.spec.compress.passes or r.teacher_id for r in members):
+    if len(members) < 2 or any(r.spec.compress.order or r.teacher_id for r in members):
       units += [[r] for r in members]
       continue
     key = grouping.shape_key(members[0].spec)
@@ -215,8 +214,8 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
   folders = [run_dir(workdir, r.run_id) for r in unit]
   if len(unit) > 1:
     try:
-      return batched.train_group([r.spec for r in unit], dataset, folders, dp=dp,
-                                 should_stop=should_stop, progress=progress)
+      return train_group([r.spec for r in unit], dataset, folders, dp=dp,
+                         should_stop=should_stop, progress=progress)
     except Exception as e:  # noqa: BLE001  (one broken group must not end the sweep)
       return [_failed(e, folders[0].parent)] * len(unit)
   run = unit[0]
@@ -224,8 +223,9 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
   try:
     if teacher is not None and teacher.get("status") != "done":
       raise RuntimeError(f"teacher {run.teacher_id} ended {teacher.get('status')}")
-    return [train(run.spec, dataset, folders[0], dp=dp, should_stop=should_stop,
-                  progress=progress[0])]
+    compression = restore.compression_for(run.spec, folders[0], dp)
+    return [train(run.spec, dataset, folders[0], dp=dp, compression=compression,
+                  should_stop=should_stop, progress=progress[0])]
   except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
     return [_failed(e, folders[0])]
 

@@ -1,4 +1,10 @@
-"""Training: the jitted step (``step``) and the resumable loop (``loop``)."""
+"""Training: typed run specs (``spec``), the jitted step (``step``), the one resumable loop
+(``loop``) for a run or a stacked group of runs (``batched``), and what they write
+(``checkpoint``, ``metrics``, ``record``)."""
 
-from jscale.train.loop import Progress, evaluate, print_progress, train, versions
-from jscale.train.step import TrainState, cross_entropy, init_state, make_eval_step, make_train_step
+from jscale.train.evaluation import evaluate, final_evaluation
+from jscale.train.loop import train, train_group
+from jscale.train.record import Progress, print_progress, versions
+from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
+from jscale.train.step import (BuiltRun, TrainState, build_run, cross_entropy, init_state,
+                               make_eval_step, make_train_step)

@@ -9,7 +9,7 @@ and step count travel as per-run arrays, so they may differ inside a group.
 
 A group is laid out on a 2-D mesh ``(runs, data)`` over the data-parallel devices:
 the run axis splits the stacked runs over devices (no communication at all between
-them), the data axis splits each run's batch as in ``jscale.sharding``. The group is
+them), the data axis splits each run's batch as in ``jscale.train.sharding``. The group is
 padded with inactive "ghost" slots to a multiple of the run-axis size.
 """
 
@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jscale.config import RunSpec
-from jscale.sharding import DataParallel
+from jscale.train.spec import RunSpec
+from jscale.train.sharding import DataParallel
 
 RUNS_AXIS, DATA_AXIS = "runs", "data"
 MAX_GROUP_SIZE = 16  # more stacked runs add memory but little speed on small devices

@@ -1,297 +1,294 @@
-"""The training loop of one run: resume, train, evaluate, checkpoint, report.
+"""The training loop: one run, or a stacked group of same-shape runs, through one code path.
+
+The loop drives an *engine* that owns the compiled step and the layout of the state (one
+run's ``TrainState``, or K runs stacked on a leading axis, see ``jscale.train.batched``);
+everything else — resuming each run from its newest checkpoint, logging, periodic
+evaluation, checkpoints, divergence, preemption, the final evaluation and the result
+record — is per-run bookkeeping (``Member``) shared by both.
 
 The loop never stalls the device for bookkeeping: step t's metrics are read after step
-t+1 has been dispatched. A non-finite loss ends the run as ``diverged``; ``should_stop``
-(wired to SIGTERM by the entry points) ends it as ``preempted`` after a checkpoint.
+t+1 has been dispatched. A non-finite loss ends that run as ``diverged``; ``should_stop``
+(wired to SIGTERM by the entry points) checkpoints every unfinished run and ends it as
+``preempted``.
 """
 
+import contextlib
 import dataclasses
-import importlib.metadata
 import math
-import platform
 import time
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import numpy as np
 from etils import epath
 
 from jscale import compress
-from jscale import flops as flops_lib
-from jscale import restore
-from jscale.checkpoint import Checkpointer, abstract_like
-from jscale.config import RunSpec
-from jscale.metrics import MetricsLog, format_eta
-from jscale.optim import learning_rate_schedule, make_optimizer
-from jscale.sharding import DataParallel, process_shard
-from jscale.train.step import init_state, make_eval_step, make_train_step
-
-LN2 = math.log(2.0)
-TRAIN_LOSS_WINDOW = 10  # final train loss = mean of the last this-many step losses
-# Token/position embeddings and the output head are not "non-embedding" (Kaplan's N).
-TRANSFORMER_EMBEDDING_KEYS = ("token_embedding", "position_embedding", "head")
+from jscale.train import batched
+from jscale.train.checkpoint import Checkpointer, abstract_like
+from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
+from jscale.train.metrics import MetricsLog
+from jscale.train.record import (Progress, print_progress, result_record, throughput_values,
+                                 unit_name)
+from jscale.train.sharding import DataParallel, process_shard
+from jscale.train.spec import RunSpec
+from jscale.train.step import BuiltRun, TrainState, build_run, make_eval_step, make_train_step
 
 
-@dataclasses.dataclass(frozen=True)
-class Progress:
-  step: int
-  steps: int
-  loss: float
-  units_per_second: float  # tokens (language models) or examples (classifiers)
-  run_eta_seconds: float
-  unit: str = "tok"  # "tok" or "ex"
+class Engine(Protocol):
+  """The compiled step of a training unit and the layout of its state."""
+  slots: int  # run slots; metrics leaves are [slots]
+  abstract_state: Any  # one run's TrainState as ShapeDtypeStructs, for restoring
+
+  def initial_state(self, restored: dict[int, TrainState]) -> Any:
+    """The unit's state: slot r from ``restored[r]`` where given, else fresh."""
+
+  def step(self, state, steps: np.ndarray, active: np.ndarray) -> tuple[Any, dict]:
+    """One update of the active slots, each on its own batch at ``steps[r]``."""
+
+  def run_state(self, state, r: int) -> TrainState:
+    """Slot r's state, laid out as one run's (replicated over the data mesh)."""
 
 
-def unit_name(model_spec) -> str:
-  return "tok" if model_spec.units_per_example > 1 else "ex"
+class SingleRun:
+  """The engine of one run: its jitted step over the data mesh, on this process's rows of
+  every batch (multi-host data parallelism)."""
+  slots = 1
+
+  def __init__(self, run: RunSpec, built: BuiltRun, dataset, dp: DataParallel):
+    self._run, self._built, self._dataset, self._dp = run, built, dataset, dp
+    self._step = make_train_step(built, dp)
+    seed = run.train.seed
+    self.abstract_state = abstract_like(jax.eval_shape(lambda: built.init(seed)), dp.replicated)
+
+  def initial_state(self, restored):
+    if 0 in restored:
+      return restored[0]
+    seed = self._run.train.seed
+    return jax.jit(lambda: self._built.init(seed), out_shardings=self._dp.replicated)()
+
+  def step(self, state, steps, active):
+    t = self._run.train
+    index, count = process_shard()
+    batch = self._dataset.train_batch(int(steps[0]), t.global_batch, t.seed, shard_index=index,
+                                      shard_count=count)
+    state, metrics = self._step(state, self._dp.shard_batch(batch))
+    return state, {k: v[None] for k, v in metrics.items()}
+
+  def run_state(self, state, r):
+    return state
 
 
-def print_progress(prefix: str) -> Callable[[Progress], None]:
-  def show(p: Progress) -> None:
-    print(f"{prefix} step {p.step}/{p.steps} loss {p.loss:.4f} "
-          f"{p.units_per_second:,.0f} {p.unit}/s eta {format_eta(p.run_eta_seconds)}", flush=True)
-  return show
+@dataclasses.dataclass
+class Member:
+  """Bookkeeping of one run: its folder, log, checkpoints, clock and result."""
+  run: RunSpec
+  dir: epath.Path
+  ckpt: Checkpointer
+  log: MetricsLog
+  progress: Callable[[Progress], None]
+  compression: compress.Composed
+  clock: Callable[[], float]  # the unit's training clock (stops during final evaluations)
+  num_devices: int  # devices the unit trains on (for MFU)
+  start: int = 0
+  wall_before: float = 0.0
+  timed_from: tuple[int, float] | None = None  # (step, clock) of the first step read back
+  timed_to: tuple[int, float] | None = None  # ... and of the latest
+  result: dict | None = None
+
+  @property
+  def running(self) -> bool:
+    return self.result is None
+
+  def resume(self, abstract_state) -> TrainState | None:
+    """The newest restorable checkpoint's state (None = start fresh); the log is cut back
+    to the step it holds, so steps are never logged twice."""
+    found = self.ckpt.restore_latest(abstract_state)
+    state = None
+    if found is not None:
+      state, meta = found
+      self.start, self.wall_before = int(meta["step"]), float(meta["wall_seconds"])
+      print(f"{self.dir.name} resumed at step {self.start}", flush=True)
+    self.log.truncate_after(self.start)
+    return state
+
+  def consume(self, step: int, values: dict) -> bool:
+    """Logs ``step``'s metrics (already computed); False when the loss is not finite."""
+    t = self.run.train
+    self.log.append("train", step, values)
+    now = self.clock()
+    self.timed_to = (step, now)
+    if self.timed_from is None:
+      self.timed_from = self.timed_to
+    if step % t.log_every == 0 or step == t.steps:
+      done, elapsed = step - self.timed_from[0], now - self.timed_from[1]
+      units = t.global_batch * self.run.model.units_per_example
+      rate = done * units / elapsed if done and elapsed > 0 else float("nan")
+      eta = (t.steps - step) * elapsed / done if done else float("nan")
+      self.progress(Progress(step, t.steps, values["loss"], rate, eta,
+                             unit_name(self.run.model)))
+      self.log.append("throughput", step, throughput_values(self.run, rate, self.num_devices))
+    return math.isfinite(values["loss"])
+
+  def save(self, step: int, state: TrainState, elapsed: float) -> None:
+    self.log.flush()  # the log must hold every step a checkpoint holds
+    self.ckpt.save(step, state, {"step": step, "data_position": step,
+                                 "seed": self.run.train.seed,
+                                 "wall_seconds": self.wall_before + elapsed})
+
+  def preempted(self, step: int) -> None:
+    self.ckpt.wait()
+    self.log.close()
+    self.result = {"status": "preempted", "step": step}
+
+  def finish(self, status: str, steps_done: int, final: dict, elapsed: float, dataset,
+             dp: DataParallel, group_size: int) -> None:
+    self.ckpt.wait()
+    self.log.close()
+    train_losses = [r["loss"] for r in self.log.records() if r["kind"] == "train"]
+    timed_steps = self.timed_to[0] - self.timed_from[0] if self.timed_from else 0
+    timed_seconds = self.timed_to[1] - self.timed_from[1] if self.timed_from else 0.0
+    self.result = result_record(
+        self.run, dataset, dp, status=status,
+        diverged_step=steps_done if status == "diverged" else None, final=final,
+        train_losses=train_losses, wall_seconds=self.wall_before + elapsed,
+        timed_steps=timed_steps, timed_seconds=timed_seconds, batched_runs=group_size)
 
 
-def versions() -> dict:
-  packages = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-  return {"python": platform.python_version(),
-          **{name: importlib.metadata.version(name) for name in packages}}
+def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.Composed,
+                dataset, run_dirs: Sequence[epath.PathLike], dp: DataParallel,
+                should_stop: Callable[[], bool],
+                progress: Sequence[Callable[[Progress], None]] | None) -> list[dict]:
+  """The loop: trains (or resumes) every run of ``engine``'s unit; one record per run."""
+  t0 = runs[0].train
+  dp.check_batch(t0.global_batch)
+  dirs = [epath.Path(d) for d in run_dirs]
+  for d in dirs:
+    d.mkdir(parents=True, exist_ok=True)
+  progress = progress or [print_progress(d.name) for d in dirs]
+  eval_step = make_eval_step(runs[0].model.make_module(), dp, compression)
+  eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
+  stopped = [0.0]  # seconds the training clock stood still (final evaluations)
 
+  def clock() -> float:
+    return time.perf_counter() - stopped[0]
 
-def _local_rows(batch: dict) -> dict:
-  index, count = process_shard()
-  rows = next(iter(batch.values())).shape[0] // count
-  return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
+  with contextlib.ExitStack() as stack:
+    members = [Member(run, d, stack.enter_context(Checkpointer(d / "checkpoints",
+                                                              run.checkpoint)),
+                      MetricsLog(d / "metrics.jsonl"), show, compression, clock,
+                      dp.num_devices)
+               for run, d, show in zip(runs, dirs, progress)]
+    restored = {r: s for r, m in enumerate(members)
+                if (s := m.resume(engine.abstract_state)) is not None}
+    state = engine.initial_state(restored)
+    steps = np.zeros(engine.slots, np.int64)
+    steps[:len(members)] = [m.start for m in members]
+    active = np.zeros(engine.slots, bool)
+    active[:len(members)] = [m.start < m.run.train.steps for m in members]
+    t_start = time.perf_counter()
 
+    def elapsed() -> float:
+      return time.perf_counter() - t_start
 
-def evaluate(eval_step, params, eval_batches: list, dp: DataParallel) -> dict:
-  """Mean validation loss and accuracy over equally sized batches."""
-  totals = [eval_step(params, dp.shard_batch(_local_rows(b))) for b in eval_batches]
-  return {k: float(np.mean([float(t[k]) for t in totals])) for k in totals[0]}
+    def finish(m: Member, status: str, steps_done: int, final: dict) -> None:
+      m.finish(status, steps_done, final, elapsed(), dataset, dp, len(members))
 
+    pending = None  # (slots, their step numbers, metrics) not yet logged
 
-def eval_record(dataset, values: dict) -> dict:
-  record = {"val_loss": values["loss"]}
-  if dataset.kind == "text":  # byte tokens: nats per token / ln 2 = bits per byte
-    record["val_bpb"] = values["loss"] / LN2
-  else:
-    record["val_accuracy"] = values["accuracy"]
-  return record
+    def flush():
+      nonlocal pending
+      if pending is None:
+        return
+      slots, numbers, metrics = pending
+      values = jax.device_get(metrics)
+      for r, step in zip(slots, numbers):
+        m = members[r]
+        if m.running and not m.consume(step, {k: float(v[r]) for k, v in values.items()}):
+          finish(m, "diverged", step, {})
+          active[r] = False
+      pending = None
 
+    def complete(r: int) -> None:
+      """Final evaluation, last checkpoint and result of a run at its last step; the
+      training clock stops meanwhile, so no run's throughput counts them."""
+      began = time.perf_counter()
+      m = members[r]
+      run_state, last = engine.run_state(state, r), m.run.train.steps
+      final = final_evaluation(m.run, m.compression, run_state.params, dataset, eval_batches,
+                               dp)
+      log_final_eval(m.log, last, final)
+      if m.start < last:  # else resumed from the checkpoint of its last step
+        m.save(last, run_state, elapsed())
+      finish(m, "done", last, final)
+      active[r] = False
+      stopped[0] += time.perf_counter() - began
 
-def _nonzero_non_embedding(spec, params) -> int:
-  """Non-embedding weights of ``params`` that are not zero: pruning's effective model
-  size. A quantized weight counts its integer values (what the evaluation multiplies)."""
-  def quantized(x) -> bool:
-    return isinstance(x, compress.QuantizedArray)
-
-  zeros = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params, is_leaf=quantized):
-    values = np.asarray(leaf.values if quantized(leaf) else leaf)
-    if spec.family != "transformer" or path[0].key not in TRANSFORMER_EMBEDDING_KEYS:
-      zeros += int(values.size - np.count_nonzero(values))
-  return spec.param_counts().non_embedding - zeros
-
-
-def final_evaluation(run: RunSpec, compression, params, dataset, eval_batches: list,
-                     dp: DataParallel) -> dict:
-  """Validation numbers of the finished model: after post-training passes, with the
-  compression report (sparsity and non-zero counts of the params evaluated, so one-shot
-  and N:M pruning report what they realised), and post-training quantization at each
-  ``ptq_eval_bits``."""
-  module = run.model.make_module()
-  final_params = compression.after_training(params)
-  record = eval_record(dataset, evaluate(make_eval_step(module, dp, compression),
-                                          final_params, eval_batches, dp))
-  record.update(compression.report(final_params))
-  record["params_nonzero_non_embedding"] = _nonzero_non_embedding(run.model, final_params)
-  unquantized = compress.compose(
-      [p for p in compression.passes if p.name not in ("ptq", "qat")]).after_training(params)
-  for bits in run.compress.ptq_eval_bits:
-    ptq = compress.compose([compress.make_pass("ptq", bits=bits)])
-    quantized = ptq.after_training(unquantized)
-    values = evaluate(make_eval_step(module, dp, ptq), quantized, eval_batches, dp)
-    record[f"val_loss_int{bits}"] = values["loss"]
-    record[f"weight_bytes_int{bits}"] = compress.weight_report(quantized)["weight_bytes"]
-  return record
-
-
-def log_final_eval(log: MetricsLog, steps: int, final: dict) -> None:
-  """Appends the final eval record, unless the log holds it already: a run killed after
-  its last checkpoint but before its result was written reruns the final evaluation
-  (the same numbers), and ``truncate_after(steps)`` kept the first record."""
-  if not any(r["kind"] == "eval" and r["step"] == steps for r in log.records()):
-    log.append("eval", steps, {k: v for k, v in final.items() if k.startswith("val_")})
+    for r, m in enumerate(members):
+      if not active[r]:  # resumed at its last step: only the final evaluation is missing
+        complete(r)
+    while active.any():
+      state, metrics = engine.step(state, steps, active)
+      slots = np.flatnonzero(active)
+      flush()  # the previous step's metrics, read while this step runs
+      steps[slots] += 1
+      pending = (slots, steps[slots].tolist(), metrics)
+      stop = should_stop()
+      ending = [r for r in slots if members[r].running and (
+          members[r].ckpt.should_save(steps[r]) or steps[r] == members[r].run.train.steps)]
+      if ending or stop:
+        flush()  # the log must hold every step a checkpoint holds
+      for r in slots:
+        m, done = members[r], int(steps[r])
+        if not m.running:
+          continue
+        if done == m.run.train.steps:
+          complete(r)
+          continue
+        if m.ckpt.should_save(done) or stop:
+          m.save(done, engine.run_state(state, r), elapsed())
+        if done % m.run.train.eval_every == 0:
+          m.log.append("eval", done, eval_record(dataset, evaluate(
+              eval_step, engine.run_state(state, r).params, eval_batches, dp)))
+      if stop:
+        for r, m in enumerate(members):
+          if m.running:
+            m.preempted(int(steps[r]))
+        break
+    flush()
+  return [m.result for m in members]
 
 
 def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
+          compression: compress.Composed | None = None,
           should_stop: Callable[[], bool] = lambda: False,
           progress: Callable[[Progress], None] | None = None) -> dict:
-  """Trains (or resumes) one run in ``run_dir``; returns its result record."""
-  t = run.train
-  dp.check_batch(t.global_batch)
-  run_dir = epath.Path(run_dir)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  progress = progress or print_progress(run_dir.name)
+  """Trains (or resumes) one run in ``run_dir``; returns its result record.
 
-  module = run.model.make_module()
-  compression = restore.compression_for(run, run_dir, dp)
-  tx = compression.wrap_optimizer(make_optimizer(t))
-  train_step = make_train_step(module, tx, learning_rate_schedule(t), dp, t.grad_accum,
-                               compression)
-  eval_step = make_eval_step(module, dp, compression)
-  eval_batches = dataset.eval_batches(t.global_batch, t.eval_batches)
-  init = lambda: init_state(module, tx, run.model.dummy_inputs(1), t.seed)  # noqa: E731
-
-  log = MetricsLog(run_dir / "metrics.jsonl")
-  with Checkpointer(run_dir / "checkpoints", run.checkpoint) as ckpt:
-    restored = ckpt.restore_latest(abstract_like(jax.eval_shape(init), dp.replicated))
-    if restored is None:
-      state, meta = jax.jit(init, out_shardings=dp.replicated)(), {"step": 0, "wall_seconds": 0.0}
-    else:
-      state, meta = restored
-      print(f"{run_dir.name} resumed at step {meta['step']}", flush=True)
-    start = int(meta["step"])
-    log.truncate_after(start)
-
-    units_per_step = t.global_batch * run.model.units_per_example
-    index, count = process_shard()
-    wall_before, t0 = float(meta["wall_seconds"]), time.perf_counter()
-    # (step, time) when the first step (compilation) and the latest step were read back:
-    # throughput is timed between them, never over the final evaluation.
-    timed_from = timed_to = None
-    status, diverged_step, pending = "done", None, None
-
-    saved = [start]
-
-    def save(step, state):
-      if saved[-1] == step:
-        return
-      saved.append(step)
-      log.flush()
-      ckpt.save(step, state, {"step": step, "data_position": step, "seed": t.seed,
-                              "wall_seconds": wall_before + time.perf_counter() - t0})
-
-    def consume(step, metrics) -> bool:
-      """Logs step's metrics (already computed); False when the loss is not finite."""
-      nonlocal timed_from, timed_to
-      values = {k: float(v) for k, v in metrics.items()}
-      log.append("train", step, values)
-      now = time.perf_counter()
-      timed_to = (step, now)
-      if timed_from is None:
-        timed_from = timed_to
-      if step % t.log_every == 0 or step == t.steps:
-        done, elapsed = step - timed_from[0], now - timed_from[1]
-        rate = done * units_per_step / elapsed if done and elapsed > 0 else float("nan")
-        eta = (t.steps - step) * elapsed / done if done else float("nan")
-        progress(Progress(step, t.steps, values["loss"], rate, eta, unit_name(run.model)))
-        log.append("throughput", step, throughput_values(run, rate, dp.num_devices))
-      return math.isfinite(values["loss"])
-
-    for step in range(start, t.steps):
-      batch = dataset.train_batch(step, t.global_batch, t.seed, shard_index=index,
-                                  shard_count=count)
-      state, metrics = train_step(state, dp.shard_batch(batch))
-      if pending is not None and not consume(*pending):
-        status, diverged_step = "diverged", pending[0]
-        break
-      pending, done_steps = (step + 1, metrics), step + 1
-      stop = should_stop() and done_steps < t.steps
-      if ckpt.should_save(done_steps) or stop:
-        # The log must hold every step a checkpoint holds, so resume never leaves a gap.
-        if not consume(*pending):
-          status, diverged_step = "diverged", done_steps
-          break
-        pending = None
-        save(done_steps, state)
-      if done_steps % t.eval_every == 0 and done_steps < t.steps:
-        log.append("eval", done_steps, eval_record(dataset, evaluate(
-            eval_step, state.params, eval_batches, dp)))
-      if stop:
-        ckpt.wait()
-        log.close()
-        return {"status": "preempted", "step": done_steps}
-    if status == "done" and pending is not None and not consume(*pending):
-      status, diverged_step = "diverged", pending[0]
-
-    final = {}
-    if status == "done":
-      final = final_evaluation(run, compression, state.params, dataset, eval_batches, dp)
-      log_final_eval(log, t.steps, final)
-      save(t.steps, state)
-    log.close()
-    ckpt.wait()
-    wall = wall_before + time.perf_counter() - t0
-
-  train_losses = [r["loss"] for r in log.records() if r["kind"] == "train"]
-  timed_steps = (timed_to[0] - timed_from[0]) if timed_from else 0
-  timed_seconds = (timed_to[1] - timed_from[1]) if timed_from else 0.0
-  return result_record(run, dataset, dp, status=status, diverged_step=diverged_step,
-                       final=final, train_losses=train_losses, wall_seconds=wall,
-                       timed_steps=timed_steps, timed_seconds=timed_seconds)
-
-
-def peak_flops(run: RunSpec) -> float | None:
-  """Per-device peak FLOP/s for MFU: train.peak_flops, or the device's from the table."""
-  kind = jax.devices()[0].device_kind
-  return run.train.peak_flops or flops_lib.peak_flops_per_device(kind, run.train.compute_dtype)
-
-
-def throughput_values(run: RunSpec, units_per_second: float, num_devices: int) -> dict:
-  """The throughput record at a progress line: tokens (or examples) per second, achieved
-  FLOP/s and, where the device's peak is known, MFU."""
-  per_unit = flops_lib.train_flops_per_step(run.model, run.train.global_batch) / (
-      run.train.global_batch * run.model.units_per_example)
-  flops_per_second = units_per_second * per_unit
-  mfu = flops_lib.mfu(flops_per_second / num_devices, peak_flops(run))
-  return {f"{unit_name(run.model)}_per_second": units_per_second,
-          "flops_per_second": flops_per_second, **({"mfu": mfu} if mfu is not None else {})}
-
-
-def result_record(run: RunSpec, dataset, dp: DataParallel, *, status: str,
-                  diverged_step: int | None, final: dict, train_losses: list[float],
-                  wall_seconds: float, timed_steps: int, timed_seconds: float) -> dict:
-  """A finished run's result.json record (shared by single and model-batched training).
-
-  ``tokens_per_second``, ``flops_per_second`` and ``mfu`` are over ``timed_steps`` steps
-  in ``timed_seconds``: from the first step's output (after compilation) to the last
-  step's. Periodic evaluations and checkpoints in between count; the final evaluation,
-  post-training quantization and the last checkpoint do not. A model-batched run reports
-  its share: its own FLOPs over the group's training time while it trained, so the
-  shares of a group add up to the group's FLOPs over that time.
+  ``compression`` is the run's composed passes, built by the caller (a distillation
+  teacher restored): ``run.compress.compose()`` when None, which has no teacher.
   """
-  t = run.train
-  steps_done = diverged_step or t.steps
-  flops_per_step = flops_lib.train_flops_per_step(run.model, t.global_batch)
-  units_per_step = t.global_batch * run.model.units_per_example
-  flops_per_second = flops_per_step * timed_steps / timed_seconds if timed_steps else None
-  device = jax.devices()[0]
-  peak = peak_flops(run)
-  params = run.model.param_counts()
-  return {
-      "status": status,
-      "diverged_step": diverged_step,
-      "steps": steps_done,
-      "train_loss": (float(np.mean(train_losses[-TRAIN_LOSS_WINDOW:]))
-                     if status == "done" else None),
-      **final,
-      "params_total": params.total,
-      "params_non_embedding": params.non_embedding,
-      "tokens": units_per_step * steps_done,
-      "flops": flops_per_step * steps_done,
-      "flops_per_step": flops_per_step,
-      "wall_seconds": wall_seconds,
-      "tokens_per_second": (units_per_step * timed_steps / timed_seconds
-                            if timed_steps else None),
-      "flops_per_second": flops_per_second,
-      "mfu": (flops_lib.mfu(flops_per_second / dp.num_devices, peak)
-              if flops_per_second and peak else None),
-      "device_kind": device.device_kind,
-      "device_count": dp.num_devices,
-      "process_count": jax.process_count(),
-      "seed": t.seed,
-      "versions": versions(),
-      "data": dataset.metadata(),
-  }
+  if compression is None:
+    if run.compress.distill is not None:
+      raise ValueError("compress.passes holds distill: pass the composed compression with "
+                       "its restored teacher (jscale.sweep.restore.compression_for)")
+    compression = run.compress.compose()
+  engine = SingleRun(run, build_run(run, compression), dataset, dp)
+  return _train_unit(engine, [run], compression, dataset, [run_dir], dp, should_stop,
+                     [progress] if progress else None)[0]
+
+
+def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathLike], *,
+                dp: DataParallel, should_stop: Callable[[], bool] = lambda: False,
+                progress: Sequence[Callable[[Progress], None]] | None = None,
+                run_devices: int = 0) -> list[dict]:
+  """Trains (or resumes) same-shape runs as one program; one record per run, in order.
+
+  The same loop and records as ``train`` for each run (``progress`` holds one callback
+  per run); runs that end before the others keep their slot, masked. ``run_devices``:
+  devices on the run axis (0 = ``grouping.default_run_devices``).
+  """
+  if len(run_dirs) != len(runs):
+    raise ValueError(f"run_dirs must hold one folder per run ({len(runs)}), got {len(run_dirs)}")
+  engine = batched.StackedRuns(runs, dataset, dp, run_devices)
+  return _train_unit(engine, runs, compress.compose([]), dataset, run_dirs, dp, should_stop,
+                     progress)

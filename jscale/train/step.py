@@ -5,15 +5,19 @@ Batches are ``{"inputs", "targets"}``; the model maps inputs to float32 logits w
 last axis is the class (or vocabulary) axis, so one loss serves LMs and classifiers.
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from jscale import compress
-from jscale.sharding import DataParallel
+from jscale.train.optim import learning_rate_schedule, make_optimizer
+from jscale.train.sharding import DataParallel
+from jscale.train.spec import RunSpec
 
 
 @flax.struct.dataclass
@@ -91,12 +95,9 @@ def train_step_fn(module, tx: optax.GradientTransformation, schedule: optax.Sche
   return step
 
 
-def make_train_step(module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    dp: DataParallel, grad_accum: int = 1,
-                    compression: compress.Composed = compress.compose([])) -> Callable:
-  """Returns jitted ``step(state, batch) -> (state, metrics)`` over the data mesh."""
-  return jax.jit(train_step_fn(module, tx, schedule, grad_accum, compression),
-                 in_shardings=(dp.replicated, dp.batch),
+def make_train_step(built: "BuiltRun", dp: DataParallel) -> Callable:
+  """``built.step`` jitted over the data mesh: ``step(state, batch) -> (state, metrics)``."""
+  return jax.jit(built.step, in_shardings=(dp.replicated, dp.batch),
                  out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
 
 
@@ -113,3 +114,28 @@ def make_eval_step(module, dp: DataParallel,
 
   return jax.jit(eval_step, in_shardings=(dp.replicated, dp.batch),
                  out_shardings=dp.replicated)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltRun:
+  """What training, restoring and measuring a run need, built once from its spec."""
+  module: nn.Module
+  optimizer: optax.GradientTransformation  # already wrapped by the compression
+  schedule: optax.Schedule
+  init: Callable[[Any], TrainState]  # seed -> fresh state
+  step: Callable  # un-jitted step(state, batch) -> (state, metrics)
+
+
+def build_run(run: RunSpec, compression: compress.Composed = compress.compose([]), *,
+              schedule: optax.Schedule | None = None, weight_decay=None) -> BuiltRun:
+  """The module, optimizer, initialiser and step of ``run``. ``schedule`` and
+  ``weight_decay`` override the spec's: model-batched training passes per-run traced
+  values through them."""
+  module = run.model.make_module()
+  schedule = schedule or learning_rate_schedule(run.train)
+  tx = compression.wrap_optimizer(
+      make_optimizer(run.train, learning_rate=schedule, weight_decay=weight_decay))
+  dummy = run.model.dummy_inputs(1)
+  return BuiltRun(module=module, optimizer=tx, schedule=schedule,
+                  init=lambda seed: init_state(module, tx, dummy, seed),
+                  step=train_step_fn(module, tx, schedule, run.train.grad_accum, compression))

@@ -13,7 +13,10 @@ import sys
 import warnings
 from typing import Callable, NoReturn
 
-from jscale.config import absolute_path, lookup
+import jax
+from etils import epath
+
+from jscale.sweep.config import absolute_path, lookup
 
 # --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
@@ -218,3 +221,11 @@ def _unknown_override(argv: list[str], spec: str | None) -> str | None:
     if lookup(config, key, absent) is absent:
       return f"--config.{key} is not a key of the config; check the spelling in the config file"
   return None
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Persists every compiled program under ``path`` so later processes skip compiling."""
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

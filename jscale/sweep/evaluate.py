@@ -8,10 +8,10 @@ the restored parameters, exactly as at the end of training.
 
 from etils import epath
 
-from jscale import restore
-from jscale.metrics import write_json_atomic
-from jscale.sharding import DataParallel
-from jscale.train.loop import final_evaluation
+from jscale.sweep import restore
+from jscale.train.metrics import write_json_atomic
+from jscale.train.sharding import DataParallel
+from jscale.train.evaluation import final_evaluation
 
 
 def evaluate_run(run_dir: epath.PathLike, dp: DataParallel, *, step: int | None = None,
@@ -22,7 +22,7 @@ def evaluate_run(run_dir: epath.PathLike, dp: DataParallel, *, step: int | None 
   dp.check_batch(run.train.global_batch)
   params, restored_step = restore.restore_params(run_dir, run, dp, step)
   num_batches = eval_batches or run.train.eval_batches
-  record = final_evaluation(run, restore.compression_for(run), params, dataset,
+  record = final_evaluation(run, run.compress.compose(), params, dataset,
                             dataset.eval_batches(run.train.global_batch, num_batches), dp)
   record.update(step=restored_step, eval_batches=num_batches, device_count=dp.num_devices,
                 run_id=run_dir.name)

@@ -1,7 +1,7 @@
-"""Trained runs restored from their folders: config and parameters.
+"""Trained runs restored from their folders: config, parameters and the composed
+compression of a run (a distillation teacher is a trained run restored here).
 
-Used to evaluate finished runs and to load a distillation teacher. Arrays land on the
-current mesh whatever device count the run was trained on.
+Arrays land on the current mesh whatever device count the run was trained on.
 """
 
 import json
@@ -11,11 +11,12 @@ import ml_collections
 from etils import epath
 
 from jscale import compress
-from jscale import config as config_lib
 from jscale import data as data_lib
-from jscale.checkpoint import Checkpointer, abstract_like
-from jscale.optim import make_optimizer
-from jscale.sharding import DataParallel
+from jscale.sweep import config as config_lib
+from jscale.train.checkpoint import Checkpointer, abstract_like
+from jscale.train.sharding import DataParallel
+from jscale.train.spec import DistillSpec, RunSpec
+from jscale.train.step import build_run
 
 
 def load_run_config(run_dir: epath.Path) -> ml_collections.ConfigDict:
@@ -32,16 +33,11 @@ def load_run_spec(run_dir: epath.Path):
   return config_lib.resolve(config, dataset), dataset
 
 
-def restore_params(run_dir: epath.Path, run: config_lib.RunSpec, dp: DataParallel,
+def restore_params(run_dir: epath.Path, run: RunSpec, dp: DataParallel,
                    step: int | None = None):
   """(params, step) of the checkpoint at ``step`` (None = newest restorable one)."""
-  from jscale.train import step as step_lib  # noqa: PLC0415  (train imports this module)
-
-  module = run.model.make_module()
-  tx = compression_for(run).wrap_optimizer(make_optimizer(run.train))
-  abstract = abstract_like(jax.eval_shape(
-      lambda: step_lib.init_state(module, tx, run.model.dummy_inputs(1), run.train.seed)),
-      dp.replicated)
+  built = build_run(run, run.compress.compose())
+  abstract = abstract_like(jax.eval_shape(lambda: built.init(run.train.seed)), dp.replicated)
   ckpt = Checkpointer(epath.Path(run_dir) / "checkpoints", run.checkpoint, read_only=True)
   available = ckpt.steps()
   if step is not None and step not in available:
@@ -61,7 +57,7 @@ def teacher_dir(teacher: str, run_dir: epath.Path) -> epath.Path:
   return epath.Path(teacher)
 
 
-def load_teacher(spec: config_lib.DistillSpec, run_dir: epath.Path,
+def load_teacher(spec: DistillSpec, run_dir: epath.Path,
                  dp: DataParallel) -> compress.Distillation:
   folder = teacher_dir(spec.teacher, run_dir)
   if not (folder / "config.json").exists() or not (folder / "checkpoints").exists():
@@ -75,15 +71,7 @@ def load_teacher(spec: config_lib.DistillSpec, run_dir: epath.Path,
       teacher_params=params, temperature=spec.temperature, weight=spec.weight)
 
 
-def compression_for(run: config_lib.RunSpec, run_dir: epath.Path | None = None,
-                    dp: DataParallel | None = None) -> compress.Composed:
-  """The run's passes composed; the distillation teacher is restored only when training
-  (``dp`` given): optimizer-state layout and evaluation do not need it."""
-  passes = []
-  for p in run.compress.passes:
-    if isinstance(p, config_lib.DistillSpec):
-      if dp is not None:
-        passes.append(load_teacher(p, run_dir, dp))
-    else:
-      passes.append(p)
-  return compress.compose(passes)
+def compression_for(run: RunSpec, run_dir: epath.Path, dp: DataParallel) -> compress.Composed:
+  """The run's passes composed for training, its distillation teacher restored."""
+  distill = run.compress.distill
+  return run.compress.compose(load_teacher(distill, run_dir, dp) if distill else None)

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jscale.config import CheckpointSpec
+from jscale.train.spec import CheckpointSpec
 
 _STATE, _META = "state", "meta"
 _DIGEST = "state_sha256"

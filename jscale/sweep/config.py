@@ -17,6 +17,7 @@ from jscale import compress
 from jscale import data as data_lib
 from jscale import models
 from jscale.models.spec import COMPUTE_DTYPES
+from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -91,60 +92,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 2  # newest checkpoints kept
   c.checkpoint.async_save = True  # write in the background while training goes on
   return c
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-  """Optimisation and bookkeeping of one run (see base_config for meanings)."""
-  seed: int
-  steps: int
-  global_batch: int
-  grad_accum: int
-  learning_rate: float
-  schedule: str
-  warmup_steps: int
-  final_lr_fraction: float
-  b1: float
-  b2: float
-  eps: float
-  weight_decay: float
-  clip_norm: float
-  compute_dtype: str
-  eval_every: int
-  eval_batches: int
-  log_every: int
-  peak_flops: float
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointSpec:
-  every: int
-  keep: int
-  async_save: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillSpec:
-  """Distillation before its teacher is restored (the train loop restores it)."""
-  teacher: str
-  temperature: float
-  weight: float
-
-
-@dataclasses.dataclass(frozen=True)
-class CompressSpec:
-  passes: tuple = ()  # compression passes and at most one DistillSpec, in order
-  ptq_eval_bits: tuple[int, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-  """Everything one training run needs, typed and validated."""
-  model: Any  # a spec from jscale.models.FAMILIES
-  data: data_lib.DataSpec
-  train: TrainSpec
-  checkpoint: CheckpointSpec
-  compress: CompressSpec = CompressSpec()
 
 
 # Counts (steps, batch, cadences) are int32 on the device and in the data order.
@@ -248,11 +195,13 @@ def _compress_spec(c: ml_collections.ConfigDict, steps: int) -> CompressSpec:
   if "distill" in c.passes:
     _require(bool(c.distill.teacher), "compress.distill.teacher", c.distill.teacher,
              "a trained run's folder or run:<id>")
-  passes = [built[name] for name in c.passes]
-  compress.compose([p for p in passes if not isinstance(p, DistillSpec)])  # checks order
+  passes = [built[name] for name in c.passes if name != "distill"]
+  compress.compose(passes)  # checks order
   for bits in c.ptq_eval_bits:
     compress.make_pass("ptq", bits=bits)  # validates the bit width
-  return CompressSpec(passes=tuple(passes), ptq_eval_bits=tuple(c.ptq_eval_bits))
+  return CompressSpec(passes=tuple(passes),
+                      distill=built["distill"] if "distill" in c.passes else None,
+                      order=tuple(c.passes), ptq_eval_bits=tuple(c.ptq_eval_bits))
 
 
 def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):

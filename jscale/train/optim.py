@@ -8,7 +8,7 @@ warm-up followed by cosine, linear or constant, and optional global-norm clippin
 import jax
 import optax
 
-from jscale.config import TrainSpec
+from jscale.train.spec import TrainSpec
 
 
 def learning_rate_schedule(spec: TrainSpec) -> optax.Schedule:

