@@ -209,7 +209,7 @@ def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
 def test_compilation_cache_is_written_and_reused(tmp_path):
   code = f"""
       import time, jax, jax.numpy as jnp
-      from jscale.train.batched import enable_compilation_cache
+      from experiments.cli import enable_compilation_cache
       enable_compilation_cache({str(tmp_path)!r})
       start = time.perf_counter()
       jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
