@@ -555,7 +555,9 @@ def _plan(config):
   from jscale.sweep import config as config_lib  # noqa: PLC0415
   from jscale import data as data_lib  # noqa: PLC0415
   from jscale.sweep import plan as plan_lib  # noqa: PLC0415
-  return plan_lib.plan_runs(config, data_lib.load(config_lib.data_spec(config)))
+  from jscale.sweep import spec as spec_lib  # noqa: PLC0415
+  dataset = data_lib.load(config_lib.data_spec(config))
+  return plan_lib.plan_runs(config, spec_lib.sweep_spec(config.sweep), dataset)
 
 
 def test_an_unswept_axis_trains_the_models_own_value():
@@ -565,7 +567,7 @@ def test_an_unswept_axis_trains_the_models_own_value():
   c.sweep.widths = (24,)
   swept = _plan(c)
   assert [(r.run_id, r.label) for r in unswept] == [(r.run_id, r.label) for r in swept]
-  assert [r.config.model.width for r in unswept] == [24]
+  assert [r.spec.model.width for r in unswept] == [24]
 
 
 def test_a_pinned_key_under_its_axis_names_both_and_the_fix():
@@ -600,7 +602,7 @@ def test_max_memory_refuses_below_parameters_and_adamw_state():
   import jax  # noqa: PLC0415
   c = _smoke_config()
   c.sweep.max_memory_gb = 1e3
-  largest = max(_plan(c), key=lambda r: r.config.model.width)
+  largest = max(_plan(c), key=lambda r: r.spec.model.width)
   shapes = jax.eval_shape(largest.spec.model.make_module().init, jax.random.key(0),
                           largest.spec.model.dummy_inputs(1))
   params = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))

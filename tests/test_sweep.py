@@ -15,6 +15,7 @@ import pytest
 from jscale.sweep import config as config_lib
 from jscale import data as data_lib
 from jscale.sweep import plan as plan_lib
+from jscale.sweep import spec as spec_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "--config=experiments/configs/smoke.py"
@@ -49,22 +50,22 @@ def test_plan_is_the_product_of_axes_with_stable_ids():
   c = smoke_config()
   c.sweep.widths, c.sweep.depths, c.sweep.seeds = (8, 16), (1, 2), (0, 1)
   dataset = data_lib.load(config_lib.data_spec(c))
-  runs = plan_lib.plan_runs(c, dataset)
+  runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
   assert len(runs) == 8 and len({r.run_id for r in runs}) == 8
-  assert [r.run_id for r in plan_lib.plan_runs(c, dataset)] == [r.run_id for r in runs]
+  assert [r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)] == [r.run_id for r in runs]
   flops = [r.flops for r in runs]
   assert flops == sorted(flops)
   c.train.log_every = 3  # bookkeeping only: same runs
-  assert {r.run_id for r in plan_lib.plan_runs(c, dataset)} == {r.run_id for r in runs}
+  assert {r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)} == {r.run_id for r in runs}
   c.train.learning_rate = 1e-3  # changes the numbers: new runs
-  assert not {r.run_id for r in plan_lib.plan_runs(c, dataset)} & {r.run_id for r in runs}
+  assert not {r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)} & {r.run_id for r in runs}
 
 
 def test_isoflop_plan_trains_each_size_for_the_budget():
   c = smoke_config()
   c.sweep.budgets, c.sweep.min_steps = (4e8, 8e8), 1
   dataset = data_lib.load(config_lib.data_spec(c))
-  runs = plan_lib.plan_runs(c, dataset)
+  runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
   for r in runs:
     assert r.flops == pytest.approx(r.budget, rel=0.1)
   assert {r.budget for r in runs} == {4e8, 8e8}
@@ -259,22 +260,22 @@ def test_compression_axes_and_students_are_planned_after_their_teacher():
   c.sweep.sparsities, c.sweep.precisions = (0.0, 0.5), ("float32", "int8-qat")
   c.sweep.distill_from_largest = True
   dataset = data_lib.load(config_lib.data_spec(c))
-  runs = plan_lib.plan_runs(c, dataset)
+  runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
   assert len(runs) == 2 * 2 * 2 + 1
-  passes = sorted(tuple(r.config.compress.passes) for r in runs)
+  passes = sorted(tuple(r.spec.compress.order) for r in runs)
   assert passes.count(("prune", "qat")) == 2 and passes.count(("distill",)) == 1
   student = runs[-1]
   teacher = next(r for r in runs if r.run_id == student.teacher_id)
-  assert student.config.compress.distill.teacher == f"run:{teacher.run_id}"
-  assert teacher.config.model.width == 16 and not teacher.config.compress.passes
-  assert student.config.model.width == 8
+  assert student.spec.compress.distill.teacher == f"run:{teacher.run_id}"
+  assert teacher.spec.model.width == 16 and not teacher.spec.compress.order
+  assert student.spec.model.width == 8
 
 
 def test_unknown_precision_is_rejected():
   c = smoke_config()
   c.sweep.precisions = ("fp8",)
   with pytest.raises(ValueError, match="sweep.precisions must hold values from"):
-    plan_lib.plan_runs(c, data_lib.load(config_lib.data_spec(c)))
+    plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), data_lib.load(config_lib.data_spec(c)))
 
 
 @pytest.mark.slow

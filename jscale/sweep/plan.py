@@ -16,8 +16,9 @@ import jax
 import ml_collections
 from etils import epath
 
-from jscale.sweep import config as config_lib
 from jscale.models import flops as flops_lib
+from jscale.sweep import config as config_lib
+from jscale.sweep.spec import AXIS_KEYS, PRECISIONS, SweepSpec
 from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.
@@ -29,50 +30,6 @@ COMPARABLE_FIELDS = ("model.family", "data.name", "data.seq_len", "data.validati
                      "data.files_glob", "train.eval_batches", "train.global_batch")
 
 
-def sweep_section() -> ml_collections.ConfigDict:
-  """The ``sweep`` section every sweep config declares.
-
-  Every axis defaults to "not swept", ``()``: the run config's own value is then the single
-  point (no ``widths`` trains ``model.width``). A run key that an axis sets per run cannot
-  also be fixed for the whole sweep: when ``pinned`` (experiments.sweep pins every run key
-  given on the command line) holds a key of a non-empty axis (see AXIS_KEYS), planning
-  fails naming both; sweep the one value instead, e.g. ``--config.sweep.widths='(256,)'``
-  rather than ``--config.model.width=256``. Runs whose ``train.steps`` come from
-  ``tokens`` or ``budgets`` clamp a longer ``train.warmup_steps`` or ``train.eval_every``
-  to their steps, unless that key is pinned: then planning fails naming both keys.
-  A plan is refused when it needs more training FLOPs than ``max_flops`` or when its
-  largest run needs more memory than ``max_memory_gb``; the message gives the estimate
-  and the key to raise.
-  """
-  s = ml_collections.ConfigDict()
-  s.widths = ()  # model.width values
-  s.depths = ()  # model.depth values
-  s.learning_rates = ()  # train.learning_rate values
-  s.seeds = ()  # train.seed values
-  s.tokens = ()  # training tokens (or examples) per run; sets train.steps
-  s.budgets = ()  # IsoFLOP: training FLOPs per run; each size trains D = C / flops_per_token
-  s.sparsities = ()  # gradual magnitude pruning targets; 0 = dense (compress.prune settings)
-  s.precisions = ()  # "float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq"
-  s.distill_from_largest = False  # add a student of each smaller dense size, taught by the
-  #                                 largest dense run of the sweep (compress.distill settings)
-  s.pinned = ()  # run keys ("model.width", ...) no axis may set; see the docstring
-  s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
-  s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
-  s.max_flops = 0.0  # refuse plans needing more training FLOPs, all runs together;
-  #                    0 = a week at the devices' peak (1e16, about a day, where it is unknown)
-  s.max_memory_gb = 0.0  # refuse runs estimated to need more memory per device (GB);
-  #                        0 = the device's memory (host memory on CPU)
-  s.max_hours = 0.0  # wall-time budget at the measured throughput; --dry_run warns (0 = none)
-  return s
-
-
-# The run keys each axis sets per run (a pinned one of them is an error).
-AXIS_KEYS = {"widths": ("model.width",), "depths": ("model.depth",),
-             "learning_rates": ("train.learning_rate",), "seeds": ("train.seed",),
-             "tokens": ("train.steps",), "budgets": ("train.steps",),
-             "sparsities": ("compress.prune.sparsity",),
-             "precisions": ("train.compute_dtype", "compress.qat.bits", "compress.ptq.bits"),
-             "distill_from_largest": ("compress.distill.teacher",)}
 # Bytes per parameter while training: float32 weights, gradients and two AdamW moments.
 _BYTES_PER_PARAM = 16
 
@@ -81,8 +38,8 @@ _BYTES_PER_PARAM = 16
 class PlannedRun:
   run_id: str
   label: str
-  config: ml_collections.ConfigDict  # a complete run config
   spec: RunSpec
+  config_json: str  # the run's config as its config.json holds it (its id hashes this)
   budget: float | None = None  # the IsoFLOP budget this run belongs to
   teacher_id: str | None = None  # distilled students: the run that teaches them
 
@@ -110,26 +67,18 @@ def run_id(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _planned(config: ml_collections.ConfigDict, label: str, dataset, **fields) -> PlannedRun:
+  record = json.dumps(run_config_dict(config), indent=2, sort_keys=True, default=list) + "\n"
+  return PlannedRun(run_id=run_id(config), label=label, spec=config_lib.resolve(config, dataset),
+                    config_json=record, **fields)
+
+
 def comparable_fields(config: ml_collections.ConfigDict) -> dict:
   values = {}
   for dotted in COMPARABLE_FIELDS:
     section, key = dotted.split(".")
     values[dotted] = config[section][key]
   return values
-
-
-def _axis(values, field: str, cast) -> list:
-  try:
-    return [cast(v) for v in values]
-  except (TypeError, ValueError):
-    raise ValueError(f"sweep.{field} must be a sequence of numbers, got {values!r}") from None
-
-
-def _amounts(values, field: str) -> list[float]:
-  amounts = _axis(values, field, float)
-  for v in amounts:
-    config_lib.finite_number(f"sweep.{field} value", v, 0, open_low=True)
-  return amounts
 
 
 def _keys_set_by(axis: str, values) -> tuple[str, ...]:
@@ -142,11 +91,10 @@ def _keys_set_by(axis: str, values) -> tuple[str, ...]:
       if any(str(p).endswith(f"-{kind}") for p in values))
 
 
-def _check_pinned(config: ml_collections.ConfigDict) -> None:
+def _check_pinned(config: ml_collections.ConfigDict, s: SweepSpec) -> None:
   """A pinned run key that an axis would set per run is an error naming both."""
-  s = config.sweep
   for axis in AXIS_KEYS:
-    values = s[axis]
+    values = getattr(s, axis)
     clash = [k for k in (_keys_set_by(axis, values) if values else ()) if k in s.pinned]
     if not clash:
       continue
@@ -179,9 +127,6 @@ def _steps_for(units: float, run: RunSpec) -> int:
   return max(1, round(units / (run.train.global_batch * run.model.units_per_example)))
 
 
-PRECISIONS = ("float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq")
-
-
 def _apply_compression(c: ml_collections.ConfigDict, sparsity: float | None,
                        precision: str | None) -> str:
   """Sets one compression variant on a run config; returns its label suffix."""
@@ -191,8 +136,6 @@ def _apply_compression(c: ml_collections.ConfigDict, sparsity: float | None,
     passes.insert(0, "prune")
     label += f"-sparse{sparsity:g}"
   if precision is not None:
-    if precision not in PRECISIONS:
-      raise ValueError(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
     if precision == "bfloat16":
       c.train.compute_dtype = "bfloat16"
     elif precision != "float32":
@@ -206,8 +149,8 @@ def _apply_compression(c: ml_collections.ConfigDict, sparsity: float | None,
 
 def _students(runs: list[PlannedRun], dataset) -> list[PlannedRun]:
   """A distilled twin of every dense run but the largest, which teaches them."""
-  dense = [r for r in runs if not r.config.compress.passes
-           and r.config.train.compute_dtype == "float32"]
+  dense = [r for r in runs if not r.spec.compress.order
+           and r.spec.train.compute_dtype == "float32"]
   if len(dense) < 2:
     raise ValueError("sweep.distill_from_largest needs at least two dense sizes, "
                      f"got {len(dense)}")
@@ -216,30 +159,25 @@ def _students(runs: list[PlannedRun], dataset) -> list[PlannedRun]:
   for r in dense:
     if r.spec.model.param_counts().total >= teacher.spec.model.param_counts().total:
       continue
-    c = ml_collections.ConfigDict(r.config.to_dict())
+    c = ml_collections.ConfigDict(json.loads(r.config_json))
     c.compress.passes = ("distill",)
     c.compress.distill.teacher = f"run:{teacher.run_id}"
-    students.append(PlannedRun(run_id=run_id(c), label=f"{r.label}-distilled", config=c,
-                               spec=config_lib.resolve(c, dataset), budget=r.budget,
-                               teacher_id=teacher.run_id))
+    students.append(_planned(c, f"{r.label}-distilled", dataset, budget=r.budget,
+                             teacher_id=teacher.run_id))
   return students
 
 
-def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
-  """Expands ``config.sweep`` into runs: smallest compute first, distilled students last
-  (after their teacher)."""
-  s = config.sweep
-  if s.tokens and s.budgets:
-    raise ValueError("sweep.tokens and sweep.budgets are exclusive: give one of them, "
-                     f"got tokens={tuple(s.tokens)} and budgets={tuple(s.budgets)}")
-  _check_pinned(config)
-  widths = _axis(s.widths, "widths", int) or [config.model.width]
-  depths = _axis(s.depths, "depths", int) or [config.model.depth]
-  rates = _axis(s.learning_rates, "learning_rates", float) or [config.train.learning_rate]
-  seeds = _axis(s.seeds, "seeds", int) or [config.train.seed]
-  amounts = _amounts(s.budgets, "budgets") or _amounts(s.tokens, "tokens") or [None]
-  sparsities = _axis(s.sparsities, "sparsities", float) or [None]
-  precisions = list(s.precisions) or [None]
+def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[PlannedRun]:
+  """Expands the sweep ``s`` over the run config ``config`` into runs: smallest compute
+  first, distilled students last (after their teacher)."""
+  _check_pinned(config, s)
+  widths = s.widths or [config.model.width]
+  depths = s.depths or [config.model.depth]
+  rates = s.learning_rates or [config.train.learning_rate]
+  seeds = s.seeds or [config.train.seed]
+  amounts = s.budgets or s.tokens or [None]
+  sparsities = s.sparsities or [None]
+  precisions = s.precisions or [None]
   runs = []
   for width, depth, rate, seed, amount, sparsity, precision in itertools.product(
       widths, depths, rates, seeds, amounts, sparsities, precisions):
@@ -260,9 +198,7 @@ def plan_runs(config: ml_collections.ConfigDict, dataset) -> list[PlannedRun]:
         continue
       c.train.steps = steps
       _clamp_to_steps(c, steps, s.pinned, "budgets" if s.budgets else "tokens", label)
-    spec = config_lib.resolve(c, dataset)
-    runs.append(PlannedRun(run_id=run_id(c), label=label, config=c, spec=spec,
-                           budget=amount if s.budgets else None))
+    runs.append(_planned(c, label, dataset, budget=amount if s.budgets else None))
   if not runs:
     raise ValueError(f"the sweep plans no runs (every run is below sweep.min_steps="
                      f"{s.min_steps}); raise sweep.tokens or sweep.budgets")
@@ -319,10 +255,10 @@ def device_memory_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(runs: list[PlannedRun], s: ml_collections.ConfigDict) -> None:
+def check_fits(runs: list[PlannedRun], s: SweepSpec) -> None:
   """Refuses a plan this machine cannot finish (sweep.max_flops) or hold
   (sweep.max_memory_gb), stating the estimate and the key that raises the limit."""
-  max_flops = config_lib.finite_number("sweep.max_flops", s.max_flops, 0)
+  max_flops = s.max_flops
   limit = max_flops or default_max_flops(runs[0].spec.train.compute_dtype)
   total = sum(r.flops for r in runs)
   if total > limit:
@@ -331,7 +267,7 @@ def check_fits(runs: list[PlannedRun], s: ml_collections.ConfigDict) -> None:
     raise ValueError(f"the plan needs {total:.3g} training FLOPs ({len(runs)} runs), over "
                      f"{where}; to run it anyway raise the limit, "
                      f"e.g. --config.sweep.max_flops={_round_up(total):.2g}")
-  limit_gb = config_lib.finite_number("sweep.max_memory_gb", s.max_memory_gb, 0)
+  limit_gb = s.max_memory_gb
   limit = limit_gb * 1e9 or device_memory_bytes()
   devices = jax.device_count()
   need, largest = max((estimated_memory_bytes(r.spec, devices), r.label) for r in runs)

@@ -20,10 +20,11 @@ from jscale import data as data_lib
 from jscale.sweep import config as config_lib
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import report, restore
+from jscale.sweep import spec as spec_lib
 from jscale.sweep.results import read_comparable, read_result, run_dir, write_results_csv
 from jscale.train import batched, grouping
 from jscale.train.loop import train, train_group
-from jscale.train.metrics import format_eta, write_json_atomic
+from jscale.train.metrics import format_eta, write_json_atomic, write_text_atomic
 from jscale.train.record import Progress
 from jscale.train.sharding import data_parallel
 from jscale.train.step import build_run, make_train_step
@@ -235,11 +236,12 @@ def run_sweep(config, options: SweepOptions,
   """Runs this worker's share of the sweep; returns 'done', 'waiting' or 'preempted'."""
   workdir = epath.Path(options.workdir)
   dataset = data_lib.load(config_lib.data_spec(config))
-  runs = plan_lib.plan_runs(config, dataset)
+  sweep = spec_lib.sweep_spec(config.sweep)
+  runs = plan_lib.plan_runs(config, sweep, dataset)
   dp = data_parallel(options.num_devices)
   dp.check_batch(config.train.global_batch)
   if options.dry_run:
-    print_plan(runs, dataset, dp, options.worker, config.sweep.max_hours)
+    print_plan(runs, dataset, dp, options.worker, sweep.max_hours)
     mine = [r for i, r in enumerate(runs) if i % options.worker[1] == options.worker[0]]
     units = training_units(mine, dataset, dp, options.batch_runs)
     print(f"training units: {len(units)} ({sum(len(u) > 1 for u in units)} batched groups)")
@@ -258,8 +260,7 @@ def run_sweep(config, options: SweepOptions,
   for unit in units:
     for run in unit:
       n += 1
-      write_json_atomic(run_dir(workdir, run.run_id) / "config.json",
-                        plan_lib.run_config_dict(run.config))
+      write_text_atomic(run_dir(workdir, run.run_id) / "config.json", run.config_json)
       print(f"[{n}/{len(todo)}] start {run.run_id} {run.label} "
             f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
             f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)"
@@ -294,5 +295,5 @@ def run_sweep(config, options: SweepOptions,
           "writes the fit and plots", flush=True)
     return "waiting"
   if options.fit:
-    report.write_report(workdir, runs, bootstrap=config.sweep.bootstrap)
+    report.write_report(workdir, runs, bootstrap=sweep.bootstrap)
   return "done"

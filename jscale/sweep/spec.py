@@ -1,0 +1,123 @@
+"""The ``sweep`` section of a config: its keys, declared once, and ``SweepSpec``, the typed,
+frozen, validated form that planning and the runner read."""
+
+import dataclasses
+
+import ml_collections
+
+from jscale.sweep.config import finite_number
+
+PRECISIONS = ("float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq")
+
+
+def sweep_section() -> ml_collections.ConfigDict:
+  """The ``sweep`` section every sweep config declares.
+
+  Every axis defaults to "not swept", ``()``: the run config's own value is then the single
+  point (no ``widths`` trains ``model.width``). A run key that an axis sets per run cannot
+  also be fixed for the whole sweep: when ``pinned`` (experiments.sweep pins every run key
+  given on the command line) holds a key of a non-empty axis (see AXIS_KEYS), planning
+  fails naming both; sweep the one value instead, e.g. ``--config.sweep.widths='(256,)'``
+  rather than ``--config.model.width=256``. Runs whose ``train.steps`` come from
+  ``tokens`` or ``budgets`` clamp a longer ``train.warmup_steps`` or ``train.eval_every``
+  to their steps, unless that key is pinned: then planning fails naming both keys.
+  A plan is refused when it needs more training FLOPs than ``max_flops`` or when its
+  largest run needs more memory than ``max_memory_gb``; the message gives the estimate
+  and the key to raise.
+  """
+  s = ml_collections.ConfigDict()
+  s.widths = ()  # model.width values
+  s.depths = ()  # model.depth values
+  s.learning_rates = ()  # train.learning_rate values
+  s.seeds = ()  # train.seed values
+  s.tokens = ()  # training tokens (or examples) per run; sets train.steps
+  s.budgets = ()  # IsoFLOP: training FLOPs per run; each size trains D = C / flops_per_token
+  s.sparsities = ()  # gradual magnitude pruning targets; 0 = dense (compress.prune settings)
+  s.precisions = ()  # "float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq"
+  s.distill_from_largest = False  # add a student of each smaller dense size, taught by the
+  #                                 largest dense run of the sweep (compress.distill settings)
+  s.pinned = ()  # run keys ("model.width", ...) no axis may set; see the docstring
+  s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
+  s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
+  s.max_flops = 0.0  # refuse plans needing more training FLOPs, all runs together;
+  #                    0 = a week at the devices' peak (1e16, about a day, where it is unknown)
+  s.max_memory_gb = 0.0  # refuse runs estimated to need more memory per device (GB);
+  #                        0 = the device's memory (host memory on CPU)
+  s.max_hours = 0.0  # wall-time budget at the measured throughput; --dry_run warns (0 = none)
+  return s
+
+
+# The run keys each axis sets per run (a pinned one of them is an error).
+AXIS_KEYS = {"widths": ("model.width",), "depths": ("model.depth",),
+             "learning_rates": ("train.learning_rate",), "seeds": ("train.seed",),
+             "tokens": ("train.steps",), "budgets": ("train.steps",),
+             "sparsities": ("compress.prune.sparsity",),
+             "precisions": ("train.compute_dtype", "compress.qat.bits", "compress.ptq.bits"),
+             "distill_from_largest": ("compress.distill.teacher",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+  """The validated sweep section (see ``sweep_section`` for meanings); an empty axis is
+  "not swept"."""
+  widths: tuple[int, ...] = ()
+  depths: tuple[int, ...] = ()
+  learning_rates: tuple[float, ...] = ()
+  seeds: tuple[int, ...] = ()
+  tokens: tuple[float, ...] = ()
+  budgets: tuple[float, ...] = ()
+  sparsities: tuple[float, ...] = ()
+  precisions: tuple[str, ...] = ()
+  distill_from_largest: bool = False
+  pinned: tuple[str, ...] = ()
+  min_steps: int = 20
+  bootstrap: int = 100
+  max_flops: float = 0.0
+  max_memory_gb: float = 0.0
+  max_hours: float = 0.0
+
+
+def _axis(values, field: str, cast) -> tuple:
+  try:
+    return tuple(cast(v) for v in values)
+  except (TypeError, ValueError):
+    raise ValueError(f"sweep.{field} must be a sequence of numbers, got {values!r}") from None
+
+
+def _amounts(values, field: str) -> tuple[float, ...]:
+  amounts = _axis(values, field, float)
+  for v in amounts:
+    finite_number(f"sweep.{field} value", v, 0, open_low=True)
+  return amounts
+
+
+def _count(field: str, value, low: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"sweep.{field} must be an integer >= {low}, got {value!r}")
+  return value
+
+
+def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
+  """Validates the sweep section: every bad value is a one-line error naming its key."""
+  if s.tokens and s.budgets:
+    raise ValueError("sweep.tokens and sweep.budgets are exclusive: give one of them, "
+                     f"got tokens={tuple(s.tokens)} and budgets={tuple(s.budgets)}")
+  for precision in s.precisions:
+    if precision not in PRECISIONS:
+      raise ValueError(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
+  if not isinstance(s.distill_from_largest, bool):
+    raise ValueError("sweep.distill_from_largest must be True or False, got "
+                     f"{s.distill_from_largest!r}")
+  return SweepSpec(
+      widths=_axis(s.widths, "widths", int), depths=_axis(s.depths, "depths", int),
+      learning_rates=_axis(s.learning_rates, "learning_rates", float),
+      seeds=_axis(s.seeds, "seeds", int), tokens=_amounts(s.tokens, "tokens"),
+      budgets=_amounts(s.budgets, "budgets"),
+      sparsities=_axis(s.sparsities, "sparsities", float),
+      precisions=tuple(s.precisions), distill_from_largest=s.distill_from_largest,
+      pinned=tuple(str(k) for k in s.pinned),
+      min_steps=_count("min_steps", s.min_steps, 0),
+      bootstrap=_count("bootstrap", s.bootstrap, 0),
+      max_flops=finite_number("sweep.max_flops", s.max_flops, 0),
+      max_memory_gb=finite_number("sweep.max_memory_gb", s.max_memory_gb, 0),
+      max_hours=finite_number("sweep.max_hours", s.max_hours, 0))
