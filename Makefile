@@ -12,7 +12,7 @@ WORKDIR ?= workdir/lm_default
 SMOKE_CONFIG := experiments/configs/smoke.py
 SMOKE_WORKDIR := workdir/ci-smoke
 
-.PHONY: setup sweep evaluate fit test test-fast user-path bench clean
+.PHONY: setup sweep evaluate fit test test-fast lint user-path bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,12 @@ fit: $(STAMP)
 
 # A missing shared data set or fetched corpus fails the tests instead of skipping them.
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(MAKE) user-path
 	JSCALE_REQUIRE_SHARED_DATA=1 $(PY) -m pytest -q -m 'slow or not slow'
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q

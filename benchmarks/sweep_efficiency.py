@@ -6,7 +6,7 @@
 In one run: ``--runs`` small LMs of one shape (depth 2, 128-byte sequences, batch 32;
 seeds and learning rates differ) are trained end to end -- checkpoints, metrics.jsonl,
 evaluation, result records -- first one after another with ``jscale.train.train``, then
-together with ``jscale.train.batched.train_group``, the same steps each; both wall times
+together with ``jscale.train.train_group``, the same steps each; both wall times
 include compilation, as a sweep pays it, with a (fresh) persistent compilation cache on,
 as the sweep entry point has it: the sequential runs compile once and load the rest.
 Then the step alone is timed both ways (``measure_batching``, after compilation), and
@@ -52,20 +52,18 @@ def _runs(dataset):
 def _compile_seconds(cache_dir: str) -> float:
   """Seconds to lower and compile the batched step in this (fresh) process."""
   import jax
+
+  from experiments.cli import enable_compilation_cache
   from jscale import data as data_lib
-  from jscale.train.optim import make_optimizer
+  from jscale.train import batched, build_run, grouping
   from jscale.train.sharding import data_parallel
-  from jscale.train import batched, grouping
-  from jscale.train.step import init_state
-  batched.enable_compilation_cache(cache_dir)
+  enable_compilation_cache(cache_dir)
   dataset = data_lib.load(data_lib.DataSpec(name=_DATA.value, seq_len=128))
   runs = _runs(dataset)
   dp = data_parallel()
   layout = grouping.make_layout(dp, len(runs))
   run = runs[0]
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  state = jax.eval_shape(jax.vmap(lambda s: init_state(module, tx, run.model.dummy_inputs(1),
-                                                       s)), jax.numpy.arange(layout.slots))
+  state = jax.eval_shape(jax.vmap(build_run(run).init), jax.numpy.arange(layout.slots))
   batch = jax.eval_shape(lambda: {k: jax.numpy.zeros((layout.slots,) + v.shape, v.dtype)
                                   for k, v in dataset.train_batch(0, 32, 0).items()})
   floats = jax.ShapeDtypeStruct((layout.slots, run.train.steps + 1), jax.numpy.float32)
@@ -91,6 +89,7 @@ def main(argv):
     print(_compile_seconds(_COMPILE_PROBE.value))
     return
   import jax
+
   from jscale import data as data_lib
 
   dataset = data_lib.load(data_lib.DataSpec(name=_DATA.value, seq_len=128))
@@ -106,18 +105,21 @@ def main(argv):
 
 
 def _compare(runs, dataset, tmp: str) -> None:
+  from experiments.cli import enable_compilation_cache
+  from jscale.train import batched, train, train_group
   from jscale.train.sharding import data_parallel
-  from jscale.train import batched, train
 
-  batched.enable_compilation_cache(f"{tmp}/xla")
-  quiet = lambda p: None  # noqa: E731
+  enable_compilation_cache(f"{tmp}/xla")
+
+  def quiet(progress):
+    del progress
   start = time.perf_counter()
   alone = [train(run, dataset, f"{tmp}/seq/{i}", dp=data_parallel(), progress=quiet)
            for i, run in enumerate(runs)]
   sequential = time.perf_counter() - start
   start = time.perf_counter()
-  together = batched.train_group(runs, dataset, [f"{tmp}/batched/{i}" for i in range(len(runs))],
-                                 dp=data_parallel(), progress=[quiet] * len(runs))
+  together = train_group(runs, dataset, [f"{tmp}/batched/{i}" for i in range(len(runs))],
+                         dp=data_parallel(), progress=[quiet] * len(runs))
   batched_seconds = time.perf_counter() - start
   worst = max(abs(a["val_loss"] - b["val_loss"]) / a["val_loss"] for a, b in zip(alone, together))
   print(f"end to end (compilation included): sequential {sequential:.1f}s, batched "

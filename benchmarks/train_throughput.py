@@ -33,14 +33,13 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from experiments.configs import lm_default
 from experiments import cli
-from jscale.sweep import config as config_lib
+from experiments.configs import lm_default
 from jscale import data as data_lib
 from jscale.models import flops
-from jscale.train.optim import learning_rate_schedule, make_optimizer
+from jscale.sweep import config as config_lib
 from jscale.train.sharding import data_parallel
-from jscale.train.step import cross_entropy, init_state, make_train_step
+from jscale.train.step import build_run, cross_entropy, make_train_step
 
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0 = the default sweep's).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -89,9 +88,9 @@ def prepare(case: Case, config, dataset) -> Timed:
   run = _run_spec(case, config, dataset)
   dp = data_parallel(case.devices)
   dp.check_batch(run.train.global_batch)
-  module, tx = run.model.make_module(), make_optimizer(run.train)
-  holder = {"state": jax.jit(lambda: init_state(module, tx, run.model.dummy_inputs(1), 0),
-                             out_shardings=dp.replicated)()}
+  built = build_run(run)
+  module = built.module
+  holder = {"state": jax.jit(lambda: built.init(0), out_shardings=dp.replicated)()}
   batches = [dp.shard_batch(dataset.train_batch(i, run.train.global_batch, 0))
              for i in range(_STEPS.value)]
   if case.grad_only:
@@ -104,7 +103,7 @@ def prepare(case: Case, config, dataset) -> Timed:
       for b in batches:
         jax.block_until_ready(grad(holder["state"].params, b))
   else:
-    step = make_train_step(module, tx, learning_rate_schedule(run.train), dp)
+    step = make_train_step(built, dp)
 
     def unit():
       for b in batches:

@@ -14,6 +14,7 @@ import warnings
 from typing import Callable, NoReturn
 
 import jax
+from absl import flags
 from etils import epath
 
 from jscale.sweep.config import absolute_path, lookup
@@ -128,13 +129,13 @@ def load_config_file(spec: str):
     module_spec = importlib.util.spec_from_file_location("_jscale_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-  except Exception as e:  # noqa: BLE001  (whatever a config file raises is bad input)
+  except Exception as e:
     raise ValueError(f"--config file {path} failed to load: {_describe(e)}") from None
   if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"--config file {path} defines no get_config() function")
   try:
     config = module.get_config(*arg)
-  except Exception as e:  # noqa: BLE001  (whatever get_config raises is bad input)
+  except Exception as e:
     raise ValueError(f"--config file {path}: get_config() raised {_describe(e)}") from None
   if not hasattr(config, "to_dict"):
     raise ValueError(f"--config file {path}: get_config() returned {type(config).__name__}, "
@@ -173,8 +174,6 @@ def flags_parser(argv: list[str]) -> list[str]:
   Used as ``app.run(main, flags_parser=flags_parser)``; config files are loaded here so
   a missing or broken file, an unknown key or a wrongly typed override fails at start-up.
   """
-  from absl import flags  # entry points only: keep library imports light
-
   spec = None
   if "config" in flags.FLAGS and not any(a.startswith(("--help", "-help")) for a in argv):
     argv, spec = _with_absolute_config(argv)

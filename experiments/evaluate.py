@@ -11,8 +11,8 @@ from etils import epath
 from experiments import cli
 from jscale.sweep.config import absolute_path
 from jscale.sweep.evaluate import evaluate_run
-from jscale.train.sharding import data_parallel
 from jscale.sweep.results import read_result
+from jscale.train.sharding import data_parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder.")
 _RUN = flags.DEFINE_string("run", None, "Run id (default: every finished run).")

@@ -14,8 +14,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from jscale.sweep import config as config_lib
 from jscale import sweep
+from jscale.sweep import config as config_lib
 from jscale.sweep.results import read_comparable
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -552,8 +552,8 @@ def test_read_only_storage_is_one_line(tmp_path, module, args, needles, setup):
 # The planner's rules, in-process.
 
 def _plan(config):
-  from jscale.sweep import config as config_lib  # noqa: PLC0415
   from jscale import data as data_lib  # noqa: PLC0415
+  from jscale.sweep import config as config_lib  # noqa: PLC0415
   from jscale.sweep import plan as plan_lib  # noqa: PLC0415
   from jscale.sweep import spec as spec_lib  # noqa: PLC0415
   dataset = data_lib.load(config_lib.data_spec(config))

@@ -6,19 +6,18 @@ import subprocess
 import sys
 import textwrap
 
+import conftest
 import jax
 import numpy as np
 import pytest
+from conftest import train_alone
 
-from jscale.sweep import config as config_lib
 from jscale import data as data_lib
+from jscale.sweep import config as config_lib
+from jscale.train import batched, build_run, grouping, train, train_group
 from jscale.train.checkpoint import Checkpointer
 from jscale.train.optim import learning_rate_schedule
 from jscale.train.sharding import data_parallel
-from jscale.train import batched, build_run, grouping, train, train_group
-
-import conftest
-from conftest import train_alone
 
 QUIET = lambda p: None  # noqa: E731
 

@@ -12,14 +12,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from jscale.sweep import config as config_lib
 from jscale import data as data_lib
+from jscale.sweep import config as config_lib
+from jscale.train import build_run, train
 from jscale.train.checkpoint import Checkpointer, state_digest
 from jscale.train.sharding import data_parallel
-from jscale.train import build_run, train
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +115,8 @@ def _assert_identical_to_reference(folder, result, run, reference):
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
     np.testing.assert_array_equal(a, b)
   assert state_digest(state) == state_digest(ref_state)
-  lines = lambda d: (d / "metrics.jsonl").read_text().splitlines()
-  assert lines(folder) == lines(ref_folder)
+  assert ((folder / "metrics.jsonl").read_text().splitlines()
+          == (ref_folder / "metrics.jsonl").read_text().splitlines())
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))

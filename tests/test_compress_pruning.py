@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from jscale import compress
-from jscale.train.checkpoint import Checkpointer
 from jscale.compress import pruning
+from jscale.train.checkpoint import Checkpointer
 from jscale.train.spec import CheckpointSpec
 
 
@@ -107,7 +107,7 @@ def test_gradual_pruning_reaches_target_and_zeros_survive_training_and_checkpoin
   for count in range(21):  # the last mask update is at count 20
     params, opt_state = step(params, opt_state, count)
   zeros = {n: np.asarray(params[n]["kernel"]) == 0 for n in ("up", "head")}
-  for name, z in zeros.items():
+  for z in zeros.values():
     assert (~z).sum() == round(z.size * 0.25)
 
   before = params["up"]["kernel"]

@@ -10,14 +10,12 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from conftest import missing_data
+
+from experiments import fetch_data
 from jscale import data
 from jscale.data import cache as cache_lib
-from experiments import fetch_data
-from jscale.data import images
-from jscale.data import order
-from jscale.data import text
+from jscale.data import images, order, text
 
 CACHE = cache_lib.cache_dir()
 

@@ -17,16 +17,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_config
 from scipy import optimize
 
-from conftest import tiny_config
-from jscale.sweep import config as config_lib
 from jscale import data as data_lib
 from jscale import fit as fit_lib
-from jscale.sweep.restore import restore_params
-from jscale.train.sharding import data_parallel
+from jscale.sweep import config as config_lib
 from jscale.sweep import results as results_lib
+from jscale.sweep.restore import restore_params
 from jscale.train import loop, train, train_group
+from jscale.train.sharding import data_parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

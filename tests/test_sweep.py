@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from jscale.sweep import config as config_lib
+from experiments.configs import smoke
 from jscale import data as data_lib
+from jscale.sweep import config as config_lib
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import spec as spec_lib
 
@@ -41,8 +42,6 @@ def run(cmd, env, timeout=300):
 
 
 def smoke_config():
-  sys.path.insert(0, str(ROOT))
-  from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
   return smoke.get_config()
 
 
@@ -50,15 +49,18 @@ def test_plan_is_the_product_of_axes_with_stable_ids():
   c = smoke_config()
   c.sweep.widths, c.sweep.depths, c.sweep.seeds = (8, 16), (1, 2), (0, 1)
   dataset = data_lib.load(config_lib.data_spec(c))
+  def ids():
+    return [r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)]
+
   runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
   assert len(runs) == 8 and len({r.run_id for r in runs}) == 8
-  assert [r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)] == [r.run_id for r in runs]
+  assert ids() == [r.run_id for r in runs]
   flops = [r.flops for r in runs]
   assert flops == sorted(flops)
   c.train.log_every = 3  # bookkeeping only: same runs
-  assert {r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)} == {r.run_id for r in runs}
+  assert set(ids()) == {r.run_id for r in runs}
   c.train.learning_rate = 1e-3  # changes the numbers: new runs
-  assert not {r.run_id for r in plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)} & {r.run_id for r in runs}
+  assert not set(ids()) & {r.run_id for r in runs}
 
 
 def test_isoflop_plan_trains_each_size_for_the_budget():
@@ -226,8 +228,8 @@ def test_two_workers_share_a_workdir_and_train_each_run_once(tmp_path, env):
   assert started[0] and started[1] and not started[0] & started[1]
   assert len(started[0] | started[1]) == 3
   for folder in (workdir / "runs").iterdir():
-    steps = [json.loads(l)["step"] for l in (folder / "metrics.jsonl").read_text().splitlines()
-             if json.loads(l)["kind"] == "train"]
+    records = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+    steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == list(range(1, 13))
   assert len((workdir / "results.csv").read_text().splitlines()) == 4
 

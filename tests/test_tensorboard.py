@@ -10,11 +10,10 @@ import pytest
 from conftest import tiny_config
 from tensorboardX.proto import event_pb2
 
-from jscale.sweep import config as config_lib
 from jscale import data as data_lib
-from jscale.train import metrics
+from jscale.sweep import config as config_lib
+from jscale.train import metrics, train, train_group
 from jscale.train.sharding import data_parallel
-from jscale.train import train, train_group
 
 
 def _crc32c(data: bytes) -> int:
@@ -114,14 +113,20 @@ def test_resumed_run_has_each_step_once_and_every_step(tmp_path, dataset):
   train(run, dataset, tmp_path / "resumed", dp=dp, progress=lambda p: None)
   straight = read_scalars(tmp_path / "straight" / "tensorboard")
   resumed = read_scalars(tmp_path / "resumed" / "tensorboard")
-  keys = lambda scalars: sorted((tag, step) for tag, step, _ in scalars)
+  def keys(scalars):
+    return sorted((tag, step) for tag, step, _ in scalars)
+
   assert len(set(keys(resumed))) == len(resumed)
-  deterministic = lambda scalars: sorted(
-      (tag, step, value) for tag, step, value in scalars if not tag.startswith("throughput/"))
+  def deterministic(scalars):
+    return sorted((tag, step, value) for tag, step, value in scalars
+                  if not tag.startswith("throughput/"))
+
   assert deterministic(resumed) == deterministic(straight)
   # Throughput is measured between log points after compilation: a resumed process has
   # none at its first log point (step 9 here), and every other one the straight run has.
-  timing = lambda scalars: {key for key in keys(scalars) if key[0].startswith("throughput/")}
+  def timing(scalars):
+    return {key for key in keys(scalars) if key[0].startswith("throughput/")}
+
   assert timing(resumed) == {key for key in timing(straight) if key[1] != 9}
   assert {step for _, step in timing(resumed)} == {3, 6, 12}
 

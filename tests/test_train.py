@@ -6,15 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config, train_alone
 
-from jscale.sweep import config as config_lib
 from jscale import data as data_lib
+from jscale.sweep import config as config_lib
 from jscale.sweep.evaluate import evaluate_run
+from jscale.train import train
 from jscale.train.optim import learning_rate_schedule
 from jscale.train.sharding import data_parallel
-from jscale.train import train
-
-from conftest import tiny_config, train_alone
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,9 @@ def test_preempted_run_resumes_bit_for_bit(tmp_path, dataset):
   resumed = train(run, dataset, tmp_path / "resumed", dp=dp, progress=lambda p: None)
   assert resumed["train_loss"] == straight["train_loss"]
   assert resumed["val_loss"] == straight["val_loss"]
-  lines = lambda d: [l for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+  def lines(folder):
+    return (tmp_path / folder / "metrics.jsonl").read_text().splitlines()
+
   assert lines("resumed") == lines("straight")
 
 
@@ -158,6 +159,6 @@ def test_image_classifiers_train_and_report_accuracy(tmp_path, family):
   result = train(run, images, tmp_path, dp=data_parallel(1), progress=lambda p: None)
   assert result["status"] == "done" and result["val_accuracy"] > 0.6  # chance is 0.1
   assert result["tokens"] == 60 * 32  # examples
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in records if r["kind"] == "train"]
   assert np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -10,14 +10,14 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
 from test_compress_distillation import reference as distillation_reference
-from jscale.sweep import config as config_lib
+
 from jscale import data as data_lib
+from jscale.sweep import config as config_lib
 from jscale.sweep.restore import compression_for, load_run_spec, restore_params
-from jscale.train.sharding import data_parallel
 from jscale.train import train
+from jscale.train.sharding import data_parallel
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,8 @@ def test_distilled_student_learns_from_the_restored_teacher(tmp_path, dataset):
   missing = tiny_config()
   missing.compress.passes = ("distill",)
   missing.compress.distill.teacher = "run:nobody"
-  with pytest.raises(ValueError, match="compress.distill.teacher 'run:nobody' is not a trained run"):
+  orphan = "compress.distill.teacher 'run:nobody' is not a trained run"
+  with pytest.raises(ValueError, match=orphan):
     _train(tmp_path, dataset, missing, "orphan")
 
 

@@ -8,8 +8,8 @@ workdir so its scaling law is fitted on its own runs. A few minutes on the 2-cor
 box. Quick variant: ``--config.train.steps=50 --config.sweep.widths='(16,64)'``.
 """
 
-from jscale.sweep.config import base_config
 from jscale.sweep import sweep_section
+from jscale.sweep.config import base_config
 
 
 def get_config(family: str = "mlp"):

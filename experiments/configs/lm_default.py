@@ -9,8 +9,8 @@ dev box are in BUILD_NOTES.md. Smaller variant for a quick look:
 ``--config.train.steps=100 --config.sweep.widths='(16,32,64)'``.
 """
 
-from jscale.sweep.config import base_config
 from jscale.sweep import sweep_section
+from jscale.sweep.config import base_config
 
 
 def get_config():

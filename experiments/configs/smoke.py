@@ -5,8 +5,8 @@
 Three tiny LMs on Shakespeare, 12 steps each, checkpoints every 4 steps.
 """
 
-from jscale.sweep.config import base_config
 from jscale.sweep import sweep_section
+from jscale.sweep.config import base_config
 
 
 def get_config():

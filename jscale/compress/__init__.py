@@ -11,9 +11,12 @@ import dataclasses
 from jscale.compress.base import CompressionPass, Identity, QuantizedArray, weight_report
 from jscale.compress.distillation import Distillation
 from jscale.compress.pruning import MagnitudePruning, polynomial_sparsity
-from jscale.compress.quantization import (PostTrainingQuantization,
-                                          QuantizationAwareTraining, int8_apply,
-                                          quantize_params)
+from jscale.compress.quantization import (
+  PostTrainingQuantization,
+  QuantizationAwareTraining,
+  int8_apply,
+  quantize_params,
+)
 
 PASSES: dict[str, type] = {
     p.name: p for p in (Identity, MagnitudePruning, PostTrainingQuantization,

@@ -188,11 +188,6 @@ def quantize_params(params, bits: int = 8, include: str = "", field: str = "comp
                       flags, is_kernel, params)
 
 
-def dequantize_params(params):
-  return jax.tree.map(lambda x: x.dequantize() if isinstance(x, base.QuantizedArray) else x,
-                      params, is_leaf=lambda x: isinstance(x, base.QuantizedArray))
-
-
 def _check(field: str, bits: int, activation_bits, include: str) -> None:
   if bits not in BITS:
     raise ValueError(f"{field}.bits must be one of {', '.join(map(str, BITS))}, got {bits}")

@@ -14,10 +14,7 @@ import dataclasses
 import numbers
 
 from jscale.data import cache as cache_lib
-from jscale.data import corpora
-from jscale.data import images
-from jscale.data import synthetic
-from jscale.data import text
+from jscale.data import corpora, images, synthetic, text
 
 TEXT_CORPORA = ("shakespeare", "stdlib", "gcide", "files", "synthetic_text")
 IMAGE_CORPORA = ("mnist", "digits", "fashion_mnist", "synthetic_images")

@@ -9,9 +9,9 @@ the restored parameters, exactly as at the end of training.
 from etils import epath
 
 from jscale.sweep import restore
+from jscale.train.evaluation import final_evaluation
 from jscale.train.metrics import write_json_atomic
 from jscale.train.sharding import DataParallel
-from jscale.train.evaluation import final_evaluation
 
 
 def evaluate_run(run_dir: epath.PathLike, dp: DataParallel, *, step: int | None = None,

@@ -18,7 +18,7 @@ from etils import epath
 
 from jscale.models import flops as flops_lib
 from jscale.sweep import config as config_lib
-from jscale.sweep.spec import AXIS_KEYS, PRECISIONS, SweepSpec
+from jscale.sweep.spec import AXIS_KEYS, SweepSpec
 from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.

@@ -217,7 +217,7 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
     try:
       return train_group([r.spec for r in unit], dataset, folders, dp=dp,
                          should_stop=should_stop, progress=progress)
-    except Exception as e:  # noqa: BLE001  (one broken group must not end the sweep)
+    except Exception as e:
       return [_failed(e, folders[0].parent)] * len(unit)
   run = unit[0]
   teacher = _wait_for_teacher(workdir, run)
@@ -227,7 +227,7 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
     compression = restore.compression_for(run.spec, folders[0], dp)
     return [train(run.spec, dataset, folders[0], dp=dp, compression=compression,
                   should_stop=should_stop, progress=progress[0])]
-  except Exception as e:  # noqa: BLE001  (one broken run must not end the sweep)
+  except Exception as e:
     return [_failed(e, folders[0])]
 
 

@@ -6,5 +6,19 @@ from jscale.train.evaluation import evaluate, final_evaluation
 from jscale.train.loop import train, train_group
 from jscale.train.record import Progress, print_progress, versions
 from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
-from jscale.train.step import (BuiltRun, TrainState, build_run, cross_entropy, init_state,
-                               make_eval_step, make_train_step)
+from jscale.train.step import (
+                               BuiltRun,
+                               TrainState,
+                               build_run,
+                               cross_entropy,
+                               init_state,
+                               make_eval_step,
+                               make_train_step,
+)
+
+__all__ = [
+    "BuiltRun", "CheckpointSpec", "CompressSpec", "DistillSpec", "Progress", "RunSpec",
+    "TrainSpec", "TrainState", "build_run", "cross_entropy", "evaluate", "final_evaluation",
+    "init_state", "make_eval_step", "make_train_step", "print_progress", "train",
+    "train_group", "versions",
+]

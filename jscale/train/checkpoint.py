@@ -109,7 +109,7 @@ class Checkpointer:
         continue
       try:
         return self.restore(step, abstract_state)
-      except Exception as e:  # noqa: BLE001  (any damage: missing, truncated, garbled files)
+      except Exception as e:
         self._set_aside(step, _reason(e))
     return None
 

@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jscale.train.spec import RunSpec
 from jscale.train.sharding import DataParallel
+from jscale.train.spec import RunSpec
 
 RUNS_AXIS, DATA_AXIS = "runs", "data"
 MAX_GROUP_SIZE = 16  # more stacked runs add memory but little speed on small devices

@@ -27,8 +27,13 @@ from jscale.train import batched
 from jscale.train.checkpoint import Checkpointer, abstract_like
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
 from jscale.train.metrics import MetricsLog
-from jscale.train.record import (Progress, print_progress, result_record, throughput_values,
-                                 unit_name)
+from jscale.train.record import (
+  Progress,
+  print_progress,
+  result_record,
+  throughput_values,
+  unit_name,
+)
 from jscale.train.sharding import DataParallel, process_shard
 from jscale.train.spec import RunSpec
 from jscale.train.step import BuiltRun, TrainState, build_run, make_eval_step, make_train_step
@@ -223,7 +228,7 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
       active[r] = False
       stopped[0] += time.perf_counter() - began
 
-    for r, m in enumerate(members):
+    for r in range(len(members)):
       if not active[r]:  # resumed at its last step: only the final evaluation is missing
         complete(r)
     while active.any():
