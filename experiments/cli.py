@@ -129,13 +129,13 @@ def load_config_file(spec: str):
     module_spec = importlib.util.spec_from_file_location("_jscale_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-  except Exception as e:
+  except Exception as e:  # whatever a config file raises is bad input
     raise ValueError(f"--config file {path} failed to load: {_describe(e)}") from None
   if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"--config file {path} defines no get_config() function")
   try:
     config = module.get_config(*arg)
-  except Exception as e:
+  except Exception as e:  # whatever get_config raises is bad input
     raise ValueError(f"--config file {path}: get_config() raised {_describe(e)}") from None
   if not hasattr(config, "to_dict"):
     raise ValueError(f"--config file {path}: get_config() returned {type(config).__name__}, "

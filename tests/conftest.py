@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax
+import jax  # after the environment set-up above
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Many tests build the same small programs: a persistent cache compiles each once.

@@ -13,9 +13,8 @@ from typing import Any
 
 import ml_collections
 
-from jscale import compress
+from jscale import compress, models
 from jscale import data as data_lib
-from jscale import models
 from jscale.models.spec import COMPUTE_DTYPES
 from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
 
@@ -91,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.every = 100  # steps between checkpoints (one is always written at the end)
   c.checkpoint.keep = 2  # newest checkpoints kept
   c.checkpoint.async_save = True  # write in the background while training goes on
+  c.checkpoint.keep_steps = ()  # also save at these steps and never delete them (a trunk's
+  #                               branch points; the sweep sets them)
   return c
 
 
@@ -162,9 +163,16 @@ def _train_spec(t: ml_collections.ConfigDict) -> TrainSpec:
       peak_flops=finite_number("train.peak_flops", t.peak_flops, 0))
 
 
+def _steps(field: str, values) -> tuple[int, ...]:
+  for value in values:
+    positive_int(f"{field} value", value)
+  return tuple(sorted(set(values)))
+
+
 def _checkpoint_spec(c: ml_collections.ConfigDict) -> CheckpointSpec:
   return CheckpointSpec(every=positive_int("checkpoint.every", c.every),
                         keep=positive_int("checkpoint.keep", c.keep),
+                        keep_steps=_steps("checkpoint.keep_steps", c.keep_steps),
                         async_save=bool(c.async_save))
 
 
@@ -255,6 +263,22 @@ def make_paths_absolute(config: ml_collections.ConfigDict) -> None:
     if isinstance(value, str) and not value.startswith("run:"):
       section, key = dotted.rsplit(".", 1)
       lookup(config, section)[key] = absolute_path(value)
+
+
+def completed(stored: dict) -> ml_collections.ConfigDict:
+  """A run config as a run folder stores it, with every key added to ``base_config``
+  since then at its default (which reproduces what that run computed)."""
+  config = ml_collections.ConfigDict(stored)
+
+  def fill(node, defaults):
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, ml_collections.ConfigDict):
+        fill(node[key], value)
+
+  fill(config, base_config())
+  return config
 
 
 def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:

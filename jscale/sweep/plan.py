@@ -3,6 +3,14 @@
 Each planned run is a full run config (the base config with one value per axis). Its id
 is a hash of the fields that change what the run computes, so editing a sweep adds new
 runs and keeps finished ones, and the same run is never trained twice.
+
+Trunks and branches: under ``train.schedule = "wsd"`` the runs of a ``tokens`` (or
+``budgets``) axis that differ only in length share everything before their cooldowns.
+Each such family gets one constant-rate *trunk*, as long as the latest cooldown start,
+which keeps a checkpoint at every branch point; each run is then a *branch* that starts
+from the trunk's checkpoint at its own cooldown start and trains only its cooldown. A
+branch computes exactly what the independent run would (same config, same id), for a
+fraction of the FLOPs.
 """
 
 import dataclasses
@@ -19,11 +27,15 @@ from etils import epath
 from jscale.models import flops as flops_lib
 from jscale.sweep import config as config_lib
 from jscale.sweep.spec import AXIS_KEYS, SweepSpec
+from jscale.train.optim import cooldown_start
 from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.
 _NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
-              ("checkpoint", "async_save")}
+              ("checkpoint", "async_save"), ("checkpoint", "keep_steps")}
+# Keys added after run ids were first defined, with their defaults: left out of the id
+# while they hold the default, so the runs of existing workdirs keep their ids.
+_LATER_KEYS: dict[tuple[str, str], object] = {}
 # Fields that must agree across one workdir: results measured under different values
 # would be silently incomparable.
 COMPARABLE_FIELDS = ("model.family", "data.name", "data.seq_len", "data.validation_fraction",
@@ -42,11 +54,20 @@ class PlannedRun:
   config_json: str  # the run's config as its config.json holds it (its id hashes this)
   budget: float | None = None  # the IsoFLOP budget this run belongs to
   teacher_id: str | None = None  # distilled students: the run that teaches them
+  trunk_id: str | None = None  # branches: the trunk they start from ...
+  branch_step: int | None = None  # ... at this step (their cooldown start)
+  is_trunk: bool = False
 
   @property
   def flops(self) -> float:
     return flops_lib.train_flops_per_step(self.spec.model, self.spec.train.global_batch) * (
         self.spec.train.steps)
+
+  @property
+  def cost_flops(self) -> float:
+    """FLOPs this run trains itself: a branch only its steps after the branch point."""
+    steps = self.spec.train.steps
+    return self.flops * (steps - (self.branch_step or 0)) / steps
 
   @property
   def tokens(self) -> int:
@@ -63,6 +84,9 @@ def run_id(config: ml_collections.ConfigDict) -> str:
   resolved = run_config_dict(config)
   for section, key in _NOT_IN_ID:
     resolved.get(section, {}).pop(key, None)
+  for (section, key), default in _LATER_KEYS.items():
+    if resolved.get(section, {}).get(key, default) == default:
+      resolved.get(section, {}).pop(key, None)
   text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=list)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -147,9 +171,33 @@ def _apply_compression(c: ml_collections.ConfigDict, sparsity: float | None,
   return label
 
 
+def _branch(runs: list[PlannedRun], members: list[int], dataset) -> list[PlannedRun]:
+  """Turns the wsd runs ``runs[members]`` (one family: equal but for their length) into
+  branches of one new trunk, which it returns (none when nothing branches)."""
+  points = {}
+  for i in members:
+    spec = runs[i].spec
+    if spec.train.schedule != "wsd" or spec.compress.order:
+      return []  # pruning schedules and distillation depend on the run's length
+    start = cooldown_start(spec.train)
+    if start >= max(1, spec.train.warmup_steps):
+      points[i] = start
+  if not points:
+    return []
+  c = ml_collections.ConfigDict(json.loads(runs[min(points)].config_json))
+  c.train.schedule, c.train.steps = "constant", max(points.values())
+  c.train.eval_every = min(c.train.eval_every, c.train.steps)
+  c.checkpoint.keep_steps = tuple(sorted(set(points.values())))
+  label = runs[min(points)].label.rsplit("-", 1)[0] + "-trunk"
+  trunk = _planned(c, label, dataset, is_trunk=True)
+  for i, step in points.items():
+    runs[i] = dataclasses.replace(runs[i], trunk_id=trunk.run_id, branch_step=step)
+  return [trunk]
+
+
 def _students(runs: list[PlannedRun], dataset) -> list[PlannedRun]:
   """A distilled twin of every dense run but the largest, which teaches them."""
-  dense = [r for r in runs if not r.spec.compress.order
+  dense = [r for r in runs if not r.spec.compress.order and not r.is_trunk
            and r.spec.train.compute_dtype == "float32"]
   if len(dense) < 2:
     raise ValueError("sweep.distill_from_largest needs at least two dense sizes, "
@@ -178,7 +226,7 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
   amounts = s.budgets or s.tokens or [None]
   sparsities = s.sparsities or [None]
   precisions = s.precisions or [None]
-  runs = []
+  runs, families = [], {}
   for width, depth, rate, seed, amount, sparsity, precision in itertools.product(
       widths, depths, rates, seeds, amounts, sparsities, precisions):
     c = ml_collections.ConfigDict(run_config_dict(config))
@@ -199,9 +247,14 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
       c.train.steps = steps
       _clamp_to_steps(c, steps, s.pinned, "budgets" if s.budgets else "tokens", label)
     runs.append(_planned(c, label, dataset, budget=amount if s.budgets else None))
+    if amount is not None:
+      family = (width, depth, rate, seed, sparsity, precision)
+      families.setdefault(family, []).append(len(runs) - 1)
   if not runs:
     raise ValueError(f"the sweep plans no runs (every run is below sweep.min_steps="
                      f"{s.min_steps}); raise sweep.tokens or sweep.budgets")
+  for members in families.values():
+    runs += _branch(runs, members, dataset)
   if s.distill_from_largest:
     runs += _students(runs, dataset)
   ids = [r.run_id for r in runs]
@@ -209,7 +262,8 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
     raise ValueError("the sweep lists the same run twice; remove duplicate axis values")
   check_fits(runs, s)
   _check_teachers(runs)
-  return sorted(runs, key=lambda r: (r.teacher_id is not None, r.flops, r.label))
+  return sorted(runs, key=lambda r: (r.teacher_id is not None, r.trunk_id is not None,
+                                     r.flops, r.label))
 
 
 def _check_teachers(runs: list[PlannedRun]) -> None:
@@ -260,7 +314,7 @@ def check_fits(runs: list[PlannedRun], s: SweepSpec) -> None:
   (sweep.max_memory_gb), stating the estimate and the key that raises the limit."""
   max_flops = s.max_flops
   limit = max_flops or default_max_flops(runs[0].spec.train.compute_dtype)
-  total = sum(r.flops for r in runs)
+  total = sum(r.cost_flops for r in runs)
   if total > limit:
     where = (f"sweep.max_flops={max_flops:.3g}" if max_flops
              else f"what these devices finish in a week (sweep.max_flops=0: {limit:.3g})")
@@ -298,4 +352,4 @@ def parse_worker(text: str) -> tuple[int, int]:
 
 
 def estimated_seconds(run: PlannedRun, flops_per_second: float) -> float:
-  return run.flops / flops_per_second if flops_per_second > 0 else math.nan
+  return run.cost_flops / flops_per_second if flops_per_second > 0 else math.nan

@@ -7,7 +7,6 @@ Arrays land on the current mesh whatever device count the run was trained on.
 import json
 
 import jax
-import ml_collections
 from etils import epath
 
 from jscale import compress
@@ -19,11 +18,11 @@ from jscale.train.spec import DistillSpec, RunSpec
 from jscale.train.step import build_run
 
 
-def load_run_config(run_dir: epath.Path) -> ml_collections.ConfigDict:
+def load_run_config(run_dir: epath.Path):
   path = epath.Path(run_dir) / "config.json"
   if not path.exists():
     raise ValueError(f"run folder {run_dir} has no config.json; is it a trained jscale run?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return config_lib.completed(json.loads(path.read_text()))
 
 
 def load_run_spec(run_dir: epath.Path):

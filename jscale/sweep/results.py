@@ -20,7 +20,10 @@ COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_ra
            "budget", "steps", "params_total", "params_non_embedding", "tokens", "flops",
            "train_loss", "val_loss", "val_bpb", "val_accuracy", "diverged_step", "compress",
            "sparsity", "compute_dtype", "teacher", "params_nonzero_non_embedding", "weight_bytes",
-           "val_loss_int8", "val_loss_int4", "weight_bytes_int8", "weight_bytes_int4")
+           "val_loss_int8", "val_loss_int4", "weight_bytes_int8", "weight_bytes_int4", "trunk",
+           "branch_step")
+# ``trunk`` and ``branch_step``: a branch's trunk run and the step it started from; a trunk
+# is the run some other row names as its trunk (not a point of any law: it never cooled down).
 # Timings (wall time, tokens/s, MFU) stay in each result.json: the table holds only
 # deterministic numbers, so an interrupted and resumed sweep reproduces it bit for bit.
 # ``sparsity`` is realised, not configured: the fraction of zeros among the prunable

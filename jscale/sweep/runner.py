@@ -23,7 +23,7 @@ from jscale.sweep import report, restore
 from jscale.sweep import spec as spec_lib
 from jscale.sweep.results import read_comparable, read_result, run_dir, write_results_csv
 from jscale.train import batched, grouping
-from jscale.train.loop import train, train_group
+from jscale.train.loop import StartPoint, train, train_group
 from jscale.train.metrics import format_eta, write_json_atomic, write_text_atomic
 from jscale.train.record import Progress
 from jscale.train.sharding import data_parallel
@@ -107,10 +107,17 @@ def print_plan(runs, dataset, dp, worker, max_hours: float = 0.0) -> None:
     mine = i % worker[1] == worker[0]
     total += seconds if mine else 0.0
     counts = r.spec.model.param_counts()
+    role = (f"  branch of {r.trunk_id} at step {r.branch_step}" if r.trunk_id
+            else "  trunk" if r.is_trunk else "")
     print(f"{r.run_id:12}  {r.label:28} {counts.total:>10,} {counts.non_embedding:>10,} "
-          f"{r.tokens:>10.3g} {r.flops:>9.2e} {format_eta(seconds):>7}"
-          + ("" if mine else "  (other worker)"))
-  total_flops = sum(r.flops for i, r in enumerate(runs) if i % worker[1] == worker[0])
+          f"{r.tokens:>10.3g} {r.cost_flops:>9.2e} {format_eta(seconds):>7}"
+          + ("" if mine else "  (other worker)") + role)
+  total_flops = sum(r.cost_flops for i, r in enumerate(runs) if i % worker[1] == worker[0])
+  if any(r.trunk_id for r in runs):
+    independent = sum(r.flops for r in runs if not r.is_trunk)
+    print(f"trunks and branches: {sum(r.cost_flops for r in runs):.3g} training FLOPs, "
+          f"against {independent:.3g} as independent runs "
+          f"({independent / sum(r.cost_flops for r in runs):.2f}x)")
   print(f"this worker: {total_flops:.3g} training FLOPs, estimated training time "
         f"{format_eta(total)} (plus compilation, about a second per run)")
   warning = hours_warning(total, max_hours)
@@ -136,18 +143,27 @@ def _sweep_progress(run: plan_lib.PlannedRun, flops_after_this_run: float, start
   return show
 
 
-def _wait_for_teacher(workdir: epath.Path, run: plan_lib.PlannedRun,
-                      poll_seconds: float = 10.0) -> dict | None:
-  """A student waits until its teacher (maybe another worker's run) has finished."""
-  if run.teacher_id is None:
-    return None
+def _wait_for(workdir: epath.Path, run: plan_lib.PlannedRun, source: str | None, role: str,
+              poll_seconds: float = 10.0) -> None:
+  """A student waits until its teacher, a branch until its trunk (maybe another worker's
+  run) has finished; a source that did not finish "done" fails the run."""
+  if source is None:
+    return
   announced = False
-  while (result := read_result(run_dir(workdir, run.teacher_id))) is None:
+  while (result := read_result(run_dir(workdir, source))) is None:
     if not announced:
-      print(f"{run.run_id} waits for its teacher {run.teacher_id} (another worker)", flush=True)
+      print(f"{run.run_id} waits for its {role} {source} (another worker)", flush=True)
       announced = True
     time.sleep(poll_seconds)
-  return result
+  if result.get("status") != "done":
+    raise RuntimeError(f"{role} {source} ended {result.get('status')}")
+
+
+def _start_point(workdir: epath.Path, run: plan_lib.PlannedRun) -> StartPoint | None:
+  _wait_for(workdir, run, run.trunk_id, "trunk")
+  if run.trunk_id is None:
+    return None
+  return StartPoint(run_dir(workdir, run.trunk_id), run.branch_step)
 
 
 def training_units(todo: list, dataset, dp, batch_runs: str) -> list[list]:
@@ -216,18 +232,18 @@ def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]
   if len(unit) > 1:
     try:
       return train_group([r.spec for r in unit], dataset, folders, dp=dp,
-                         should_stop=should_stop, progress=progress)
-    except Exception as e:
+                         should_stop=should_stop, progress=progress,
+                         start_points=[_start_point(workdir, r) for r in unit])
+    except Exception as e:  # one broken group must not end the sweep
       return [_failed(e, folders[0].parent)] * len(unit)
   run = unit[0]
-  teacher = _wait_for_teacher(workdir, run)
   try:
-    if teacher is not None and teacher.get("status") != "done":
-      raise RuntimeError(f"teacher {run.teacher_id} ended {teacher.get('status')}")
+    _wait_for(workdir, run, run.teacher_id, "teacher")
     compression = restore.compression_for(run.spec, folders[0], dp)
     return [train(run.spec, dataset, folders[0], dp=dp, compression=compression,
-                  should_stop=should_stop, progress=progress[0])]
-  except Exception as e:
+                  should_stop=should_stop, progress=progress[0],
+                  start_point=_start_point(workdir, run))]
+  except Exception as e:  # one broken run must not end the sweep
     return [_failed(e, folders[0])]
 
 
@@ -255,7 +271,7 @@ def run_sweep(config, options: SweepOptions,
 
   units = training_units(todo, dataset, dp, options.batch_runs)
   started, done_flops = time.perf_counter(), [0.0]
-  remaining = [sum(r.flops for r in todo)]
+  remaining = [sum(r.cost_flops for r in todo)]
   n = 0
   for unit in units:
     for run in unit:
@@ -265,7 +281,7 @@ def run_sweep(config, options: SweepOptions,
             f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
             f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)"
             + (f" batched with {len(unit) - 1} more" if len(unit) > 1 else ""), flush=True)
-    after = remaining[0] - sum(r.flops for r in unit)
+    after = remaining[0] - sum(r.cost_flops for r in unit)
     progress = [_sweep_progress(r, after, started, lambda: done_flops[0]) for r in unit]
     results = _train_unit(unit, dataset, workdir, dp, should_stop, progress)
     preempted = False
@@ -275,9 +291,10 @@ def run_sweep(config, options: SweepOptions,
         print(f"preempted: {run.run_id} checkpointed at step {result['step']}", flush=True)
         continue
       write_json_atomic(run_dir(workdir, run.run_id) / "result.json",
-                        dict(result, run_id=run.run_id, label=run.label, budget=run.budget))
-      done_flops[0] += run.flops
-      remaining[0] -= run.flops
+                        dict(result, run_id=run.run_id, label=run.label, budget=run.budget,
+                             trunk=run.trunk_id, branch_step=run.branch_step))
+      done_flops[0] += run.cost_flops
+      remaining[0] -= run.cost_flops
       loss = result.get("val_loss")
       print(f"end {run.run_id} {result['status']}"
             + (f" val_loss {loss:.4f}" if loss is not None else "")

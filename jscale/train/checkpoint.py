@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint import checkpoint_managers
 
 from jscale.train.spec import CheckpointSpec
 
@@ -60,8 +61,11 @@ class Checkpointer:
     self._spec = spec
     self._directory = epath.Path(directory)
     self._read_only = read_only
+    keep = [checkpoint_managers.LatestN(spec.keep)]
+    if spec.keep_steps:
+      keep.append(checkpoint_managers.CustomSteps(spec.keep_steps))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=spec.keep,
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(keep),
         enable_async_checkpointing=spec.async_save and not read_only,
         read_only=read_only,
         create=not read_only,
@@ -75,7 +79,7 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def should_save(self, step: int) -> bool:
-    return step % self._spec.every == 0
+    return step % self._spec.every == 0 or step in self._spec.keep_steps
 
   def save(self, step: int, state, meta: dict) -> None:
     meta = dict(meta, **{_DIGEST: state_digest(state)})
@@ -109,7 +113,7 @@ class Checkpointer:
         continue
       try:
         return self.restore(step, abstract_state)
-      except Exception as e:
+      except Exception as e:  # any damage: missing, truncated, garbled files
         self._set_aside(step, _reason(e))
     return None
 

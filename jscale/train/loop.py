@@ -26,7 +26,7 @@ from jscale import compress
 from jscale.train import batched
 from jscale.train.checkpoint import Checkpointer, abstract_like
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
-from jscale.train.metrics import MetricsLog
+from jscale.train.metrics import MetricsLog, read_records
 from jscale.train.record import (
   Progress,
   print_progress,
@@ -83,6 +83,14 @@ class SingleRun:
     return state
 
 
+@dataclasses.dataclass(frozen=True)
+class StartPoint:
+  """Where a branch starts: the folder of its trunk (a finished run) and the step of the
+  trunk's kept checkpoint it continues from."""
+  run_dir: epath.Path
+  step: int
+
+
 @dataclasses.dataclass
 class Member:
   """Bookkeeping of one run: its folder, log, checkpoints, clock and result."""
@@ -94,6 +102,7 @@ class Member:
   compression: compress.Composed
   clock: Callable[[], float]  # the unit's training clock (stops during final evaluations)
   num_devices: int  # devices the unit trains on (for MFU)
+  start_point: StartPoint | None = None
   start: int = 0
   wall_before: float = 0.0
   timed_from: tuple[int, float] | None = None  # (step, clock) of the first step read back
@@ -114,6 +123,29 @@ class Member:
       self.start, self.wall_before = int(meta["step"]), float(meta["wall_seconds"])
       print(f"{self.dir.name} resumed at step {self.start}", flush=True)
     self.log.truncate_after(self.start)
+    if found is None and self.start_point is not None:
+      state = self._branch(abstract_state)
+    return state
+
+  def _branch(self, abstract_state) -> TrainState:
+    """The trunk's state at the branch point, and the trunk's records up to it: the
+    branch's log then reads as the log of an independent run with its schedule."""
+    point = self.start_point
+    with Checkpointer(point.run_dir / "checkpoints", self.run.checkpoint,
+                      read_only=True) as trunk:
+      if point.step not in trunk.steps():
+        raise ValueError(f"trunk {point.run_dir} has no checkpoint at step {point.step} "
+                         f"(has {trunk.steps()}); rerun the trunk")
+      state, _ = trunk.restore(point.step, abstract_state)
+    every = self.run.train.eval_every
+    for r in read_records(point.run_dir / "metrics.jsonl"):
+      periodic = r["kind"] == "train" or (r["kind"] == "eval" and r["step"] % every == 0)
+      if periodic and r["step"] <= point.step:
+        self.log.append(r["kind"], r["step"],
+                        {k: v for k, v in r.items() if k not in ("kind", "step")})
+    self.start = point.step
+    print(f"{self.dir.name} branches from {point.run_dir.name} at step {point.step}",
+          flush=True)
     return state
 
   def consume(self, step: int, values: dict) -> bool:
@@ -162,7 +194,8 @@ class Member:
 def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.Composed,
                 dataset, run_dirs: Sequence[epath.PathLike], dp: DataParallel,
                 should_stop: Callable[[], bool],
-                progress: Sequence[Callable[[Progress], None]] | None) -> list[dict]:
+                progress: Sequence[Callable[[Progress], None]] | None,
+                start_points: Sequence[StartPoint | None] | None) -> list[dict]:
   """The loop: trains (or resumes) every run of ``engine``'s unit; one record per run."""
   t0 = runs[0].train
   dp.check_batch(t0.global_batch)
@@ -170,6 +203,7 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
   for d in dirs:
     d.mkdir(parents=True, exist_ok=True)
   progress = progress or [print_progress(d.name) for d in dirs]
+  start_points = start_points or [None] * len(runs)
   eval_step = make_eval_step(runs[0].model.make_module(), dp, compression)
   eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
   stopped = [0.0]  # seconds the training clock stood still (final evaluations)
@@ -181,8 +215,8 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
     members = [Member(run, d, stack.enter_context(Checkpointer(d / "checkpoints",
                                                               run.checkpoint)),
                       MetricsLog(d / "metrics.jsonl"), show, compression, clock,
-                      dp.num_devices)
-               for run, d, show in zip(runs, dirs, progress)]
+                      dp.num_devices, point)
+               for run, d, show, point in zip(runs, dirs, progress, start_points)]
     restored = {r: s for r, m in enumerate(members)
                 if (s := m.resume(engine.abstract_state)) is not None}
     state = engine.initial_state(restored)
@@ -266,11 +300,14 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
 def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
           compression: compress.Composed | None = None,
           should_stop: Callable[[], bool] = lambda: False,
-          progress: Callable[[Progress], None] | None = None) -> dict:
+          progress: Callable[[Progress], None] | None = None,
+          start_point: StartPoint | None = None) -> dict:
   """Trains (or resumes) one run in ``run_dir``; returns its result record.
 
   ``compression`` is the run's composed passes, built by the caller (a distillation
   teacher restored): ``run.compress.compose()`` when None, which has no teacher.
+  ``start_point``: a branch's trunk checkpoint, where the run starts unless it has
+  checkpoints of its own.
   """
   if compression is None:
     if run.compress.distill is not None:
@@ -279,13 +316,14 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
     compression = run.compress.compose()
   engine = SingleRun(run, build_run(run, compression), dataset, dp)
   return _train_unit(engine, [run], compression, dataset, [run_dir], dp, should_stop,
-                     [progress] if progress else None)[0]
+                     [progress] if progress else None, [start_point])[0]
 
 
 def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathLike], *,
                 dp: DataParallel, should_stop: Callable[[], bool] = lambda: False,
                 progress: Sequence[Callable[[Progress], None]] | None = None,
-                run_devices: int = 0) -> list[dict]:
+                run_devices: int = 0,
+                start_points: Sequence[StartPoint | None] | None = None) -> list[dict]:
   """Trains (or resumes) same-shape runs as one program; one record per run, in order.
 
   The same loop and records as ``train`` for each run (``progress`` holds one callback
@@ -296,4 +334,4 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
     raise ValueError(f"run_dirs must hold one folder per run ({len(runs)}), got {len(run_dirs)}")
   engine = batched.StackedRuns(runs, dataset, dp, run_devices)
   return _train_unit(engine, runs, compress.compose([]), dataset, run_dirs, dp, should_stop,
-                     progress)
+                     progress, start_points)

@@ -201,6 +201,11 @@ class MetricsLog:
     self._events.close()
 
 
+def read_records(path: epath.PathLike) -> list[dict]:
+  """The records of a metrics.jsonl file (another run's, read only)."""
+  return _JsonLines(epath.Path(path)).records()
+
+
 # Record kinds that depend on the machine's speed, kept out of metrics.jsonl.
 WALL_CLOCK_KINDS = ("throughput",)
 

@@ -47,3 +47,8 @@ def make_optimizer(spec: TrainSpec, learning_rate: optax.Schedule | None = None,
   if spec.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(spec.clip_norm), adamw)
   return adamw
+
+
+def cooldown_start(spec: TrainSpec) -> int:
+  """The step where a wsd schedule leaves its constant phase: a branch point."""
+  return spec.steps - round(spec.cooldown_fraction * spec.steps)

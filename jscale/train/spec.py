@@ -35,8 +35,9 @@ class TrainSpec:
 @dataclasses.dataclass(frozen=True)
 class CheckpointSpec:
   every: int
-  keep: int
+  keep: int  # newest checkpoints kept
   async_save: bool
+  keep_steps: tuple[int, ...] = ()  # also saved at these steps and never deleted (branch points)
 
 
 @dataclasses.dataclass(frozen=True)
