@@ -63,7 +63,8 @@ def test_check3_multi_start_matters(data, best):
   assert best.diagnostics["n_starts"] == 4500 and best.starts_at_best >= 1
   subset = LAW.start_grid()[::45]
   log_x = {"N": np.log(data["N"]), "D": np.log(data["D"])}
-  run = optimize.fit(LAW, log_x, np.log(data["loss"]), starts=subset, schedule=optimize.FULL_SCHEDULE)
+  run = optimize.fit(LAW, log_x, np.log(data["loss"]), starts=subset,
+                     schedule=optimize.FULL_SCHEDULE)
   assert run.n_finishers == len(subset) == 100
   assert run.objective <= 1.01827402e-3 * (1 + 1e-6)
   assert 0 < run.starts_at_best < 100
@@ -138,7 +139,8 @@ def test_check9_noise_free_round_trips(data, law, truth):
   theta = np.array([np.log(truth[name]) if is_log else truth[name]
                     for name, is_log in zip(spec.natural_names, spec.log_space)])
   with jax.enable_x64(True):
-    loss = np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), {c: jnp.log(data[c]) for c in ("N", "D")})))
+    log_x = {c: jnp.log(data[c]) for c in ("N", "D")}
+    loss = np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), log_x)))
   result = fit_lib.fit(law, {"N": data["N"], "D": data["D"], "loss": loss}, bootstrap=0)
   for name in spec.exponents:
     assert result.params[name] == pytest.approx(truth[name], abs=1e-4)
@@ -156,10 +158,13 @@ def test_hand_written_gradient_matches_autodiff(data):
     args = (log_x, jnp.log(data["loss"]), jnp.asarray(weights), 1e-3)
     for reduction in ("sum", "mean"):
       fast = objective.batched_value_and_grad(LAW, *args, reduction)(jnp.asarray(theta))
-      single = lambda t, r=reduction: objective.objective(t, LAW, *args, r)
+      def single(t, r=reduction):
+        return objective.objective(t, LAW, *args, r)
+
       slow = jax.vmap(jax.value_and_grad(single))(jnp.asarray(theta))
       np.testing.assert_allclose(fast[0][:-1], slow[0][:-1], rtol=1e-12)
-      np.testing.assert_allclose(fast[1][:-1], slow[1][:-1], rtol=1e-9, atol=1e-12 * float(np.max(np.abs(slow[1][:-1]))))
+      np.testing.assert_allclose(fast[1][:-1], slow[1][:-1], rtol=1e-9,
+                                 atol=1e-12 * float(np.max(np.abs(slow[1][:-1]))))
       assert np.isinf(fast[0][-1]) and np.isinf(slow[0][-1])
 
 
@@ -180,9 +185,11 @@ def test_lbfgs_rows_are_independent_and_scale_free():
 
   with jax.enable_x64(True):
     x0 = jnp.asarray([[3.0, -2.0], [3.0, -2.0], [-1.2, 1.0], [1.0, 1.0]])
-    result = lbfgs.minimize(value_and_grad, x0, lbfgs.Tolerances(gtol=1e-10, ftol=0.0, max_iter=300))
+    result = lbfgs.minimize(value_and_grad, x0,
+                            lbfgs.Tolerances(gtol=1e-10, ftol=0.0, max_iter=300))
   np.testing.assert_allclose(result.x[0], [0.0, 0.0], atol=1e-8)
-  np.testing.assert_allclose(result.x[1], result.x[0], atol=1e-8)   # 1e-6 times the objective: same end
+  # 1e-6 times the objective: the same end point.
+  np.testing.assert_allclose(result.x[1], result.x[0], atol=1e-8)
   assert abs(int(result.iterations[1]) - int(result.iterations[0])) <= 1
   np.testing.assert_allclose(result.x[2], [1.0, 1.0], atol=1e-6)
   assert list(np.asarray(result.converged)) == [True, True, True, False]
@@ -196,6 +203,7 @@ def test_bootstrap_chunks_match_single_refits(data):
   theta, value, converged = optimize.fit_resamples(LAW, log_x, log_y, weights, batch_size=2)
   assert theta.shape == (3, 5) and converged.all()
   for row in range(3):
-    single = optimize.fit(LAW, log_x, log_y, weights=weights[row], schedule=optimize.BOOTSTRAP_SCHEDULE)
+    single = optimize.fit(LAW, log_x, log_y, weights=weights[row],
+                          schedule=optimize.BOOTSTRAP_SCHEDULE)
     assert value[row] == pytest.approx(single.objective, rel=1e-9)
     np.testing.assert_allclose(theta[row, 3:], single.theta[3:], atol=1e-6)

@@ -1,4 +1,5 @@
-"""End-to-end runs of experiments/fit.py and fit_sweep_results, and bad input."""
+"""End-to-end runs of experiments/fit.py and a sweep's fit (jscale.sweep.report), and bad
+input."""
 
 import json
 import os
@@ -7,9 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import require_data
+
 from jscale import fit as fit_lib
+from jscale.fit import allocation, table
+from jscale.sweep import analysis, report
+from tests.test_fit_compression import t5_points
 from tests.test_fit_data import CHINCHILLA_CSV, epoch_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +38,8 @@ def _sweep_csv(path, tokens, n_values, extra_rows=()):
     loss = 1.7 + 400 / n**0.34 + 410 / d**0.28
     rows.append([i, "done", "lm", 64, 2, n * 1.2, n, d, 6 * n * d, loss, loss])
   rows.extend(extra_rows)
-  _write_csv(path, ["run_id", "status", "family", "width", "depth", "params_total", "params_non_embedding",
-                    "tokens", "flops", "train_loss", "val_loss"], rows)
+  _write_csv(path, ["run_id", "status", "family", "width", "depth", "params_total",
+                    "params_non_embedding", "tokens", "flops", "train_loss", "val_loss"], rows)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -56,7 +60,8 @@ def test_non_positive_values_name_the_rows(tmp_path):
   path = tmp_path / "t.csv"
   _write_csv(path, ["N", "D", "loss"], [[1e8, 1e9, 3.0], [-1, 1e9, 3.0], [1e9, 1e10, float("nan")]])
   out = tmp_path / "fit.json"
-  proc = _run(f"--csv={path}", "--law=kaplan_n", "--n_col=N", f"--out={out}", "--bootstrap=0", cwd=REPO)
+  proc = _run(f"--csv={path}", "--law=kaplan_n", "--n_col=N", f"--out={out}", "--bootstrap=0",
+              cwd=REPO)
   assert proc.returncode == 2 and "row 1" in proc.stderr and not out.exists()
   proc = _run(f"--csv={path}", "--law=kaplan_nd", "--n_col=N", "--d_col=D", "--loss_col=loss",
               f"--out={out}", "--bootstrap=0", cwd=REPO)
@@ -65,7 +70,8 @@ def test_non_positive_values_name_the_rows(tmp_path):
 
 def test_fewer_points_than_parameters_is_an_error():
   with pytest.raises(ValueError, match="5 parameters but only 4 points"):
-    fit_lib.fit("chinchilla", {"N": np.array([1e8, 2e8, 4e8, 8e8]), "D": np.array([1e9, 3e9, 2e9, 9e9]),
+    fit_lib.fit("chinchilla", {"N": np.array([1e8, 2e8, 4e8, 8e8]),
+                               "D": np.array([1e9, 3e9, 2e9, 9e9]),
                                "loss": np.array([3.0, 2.9, 2.8, 2.7])}, bootstrap=0)
 
 
@@ -74,19 +80,22 @@ def test_sweep_with_varying_tokens_fits_chinchilla_and_writes_outputs(tmp_path):
   rng = np.random.default_rng(0)
   n = np.geomspace(1e6, 1e8, 8)
   tokens = rng.choice([2e7, 8e7, 3e8], size=8)
-  _sweep_csv(tmp_path / "results.csv", tokens, n, extra_rows=[[99, "diverged", "lm", 1, 1, 1, 1, 1, 1, "", ""]])
-  result = fit_lib.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=4, seed=1)
+  _sweep_csv(tmp_path / "results.csv", tokens, n,
+             extra_rows=[[99, "diverged", "lm", 1, 1, 1, 1, 1, 1, "", ""]])
+  result = report.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=4,
+                                    seed=1)
   assert result.law == "chinchilla" and result.n_points == 8
   written = json.loads((tmp_path / "fit.json").read_text())
-  assert written["law"] == "chinchilla" and set(written["params"]) == {"A", "B", "E", "alpha", "beta"}
+  assert written["law"] == "chinchilla"
+  assert set(written["params"]) == {"A", "B", "E", "alpha", "beta"}
   assert any("excluded 1" in note for note in written["notes"])
   assert (tmp_path / "plots" / "fit.png").stat().st_size > 0
-  assert "alpha" in fit_lib.summary(result)
+  assert "alpha" in analysis.summary(result)
 
 
 def test_sweep_with_fixed_tokens_fits_l_of_n(tmp_path):
   _sweep_csv(tmp_path / "results.csv", [1e9] * 7, np.geomspace(1e6, 1e8, 7))
-  result = fit_lib.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0)
+  result = report.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0)
   assert result.law == "kaplan_n_irreducible"
   assert json.loads((tmp_path / "fit.json").read_text())["law"] == "kaplan_n_irreducible"
 
@@ -96,12 +105,12 @@ def test_isoflop_recovers_frontier_exponents():
   params = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
   n, c = [], []
   for budget in budgets:
-    n_opt = fit_lib.api.allocation_lib.chinchilla_allocation(params, budget).n_opt
+    n_opt = allocation.chinchilla_allocation(params, budget).n_opt
     grid = n_opt * np.geomspace(0.5, 2.0, 9)
     n.extend(grid)
     c.extend([budget] * len(grid))
   n, c = np.asarray(n), np.asarray(c)
-  loss = fit_lib.api.allocation_lib.chinchilla_loss(params, n, c / (6 * n))
+  loss = allocation.chinchilla_loss(params, n, c / (6 * n))
   result = fit_lib.fit("isoflop", {"N": n, "C": c, "loss": loss}, bootstrap=20)
   out = result.to_json()
   # A parabola in log N is only approximately the profile's shape: exponent to 1e-2.
@@ -114,9 +123,9 @@ def test_isoflop_recovers_frontier_exponents():
 def test_cli_chinchilla_end_to_end(tmp_path):
   require_data(CHINCHILLA_CSV)
   out = tmp_path / "fit.json"
-  proc = _run(f"--csv={CHINCHILLA_CSV}", "--law=chinchilla", "--n_col=Model Size", "--c_col=Training FLOP",
-              "--loss_col=loss", "--drop_highest_loss=5", "--bootstrap=8", "--compute=5.76e23",
-              f"--out={out}", cwd=REPO)
+  proc = _run(f"--csv={CHINCHILLA_CSV}", "--law=chinchilla", "--n_col=Model Size",
+              "--c_col=Training FLOP", "--loss_col=loss", "--drop_highest_loss=5", "--bootstrap=8",
+              "--compute=5.76e23", f"--out={out}", cwd=REPO)
   assert proc.returncode == 0, proc.stderr
   written = json.loads(out.read_text())
   for key in ("law", "params", "log_params", "objective", "n_points", "converged", "starts_at_best",
@@ -139,8 +148,7 @@ def test_extrapolation_check_reports_held_out_error():
 
 
 def _t5_csv(path):
-  from tests.test_fit_compression import t5_points  # noqa: PLC0415  (skips without the shared data)
-  data = t5_points()
+  data = t5_points()  # skips without the shared data
   _write_csv(path, ["sparsity", "nonzero_millions", "steps_1e5", "loss"],
              zip(data["S"], data["N"], data["D"], data["loss"]))
 
@@ -149,8 +157,8 @@ def test_sparsity_outside_unit_interval_exits_2(tmp_path):
   path = tmp_path / "t.csv"
   _write_csv(path, ["S", "N", "loss"], [[0.0, 1e6, 3.0], [1.0, 2e6, 2.9], [0.5, 4e6, 2.8]])
   out = tmp_path / "fit.json"
-  proc = _run(f"--csv={path}", "--law=sparsity_n", "--s_col=S", "--n_col=N", f"--out={out}", "--bootstrap=0",
-              cwd=REPO)
+  proc = _run(f"--csv={path}", "--law=sparsity_n", "--s_col=S", "--n_col=N", f"--out={out}",
+              "--bootstrap=0", cwd=REPO)
   assert proc.returncode == 2 and "fraction in [0, 1)" in proc.stderr and "row 1" in proc.stderr
   assert "Traceback" not in proc.stderr and not out.exists()
 
@@ -159,9 +167,10 @@ def test_sparsity_outside_unit_interval_exits_2(tmp_path):
 def test_cli_sparsity_law_on_t5_writes_named_parameters(tmp_path):
   _t5_csv(tmp_path / "t5.csv")
   out = tmp_path / "fit.json"
-  proc = _run(f"--csv={tmp_path / 't5.csv'}", "--law=sparsity", "--s_col=sparsity", "--n_col=nonzero_millions",
-              "--d_col=steps_1e5", "--loss_col=loss", "--reduction=mean", "--huber_delta=1e-3", "--residual=log",
-              "--bootstrap=0", f"--out={out}", cwd=REPO)
+  proc = _run(f"--csv={tmp_path / 't5.csv'}", "--law=sparsity", "--s_col=sparsity",
+              "--n_col=nonzero_millions", "--d_col=steps_1e5", "--loss_col=loss",
+              "--reduction=mean", "--huber_delta=1e-3", "--residual=log", "--bootstrap=0",
+              f"--out={out}", cwd=REPO)
   assert proc.returncode == 0, proc.stderr
   written = json.loads(out.read_text())
   assert written["law"] == "sparsity" and set(written["params"]) == set("abcdefg")
@@ -172,8 +181,6 @@ def test_cli_sparsity_law_on_t5_writes_named_parameters(tmp_path):
 
 
 def test_drop_highest_loss_keeps_the_rest_in_order():
-  import numpy as np  # noqa: PLC0415
-  from jscale.fit import table  # noqa: PLC0415
   columns = {"N": np.array([1.0, 2.0, 3.0, 4.0]), "loss": np.array([3.0, 9.0, 1.0, 5.0])}
   kept = table.drop_highest_loss(columns, 2)
   assert kept["N"].tolist() == [1.0, 3.0] and kept["loss"].tolist() == [3.0, 1.0]

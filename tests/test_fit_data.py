@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REQUIRE_DATA_VAR, require_data
+
 from jscale.fit import table
 
 DATA = Path(__file__).parents[2] / "shared/data"

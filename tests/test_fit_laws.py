@@ -11,9 +11,11 @@ from jscale.fit import registry
 
 def _sample(law_name, truth, cols):
   spec = registry.get(law_name)
-  theta = np.array([np.log(truth[n]) if is_log else truth[n] for n, is_log in zip(spec.natural_names, spec.log_space)])
+  theta = np.array([np.log(truth[n]) if is_log else truth[n]
+                    for n, is_log in zip(spec.natural_names, spec.log_space)])
   with jax.enable_x64(True):
-    return np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), {c: jnp.log(cols[c]) for c in spec.covariates})))
+    log_x = {c: jnp.log(cols[c]) for c in spec.covariates}
+    return np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), log_x)))
 
 
 def test_registry_rejects_unknown_and_duplicate_laws():
@@ -25,7 +27,8 @@ def test_registry_rejects_unknown_and_duplicate_laws():
 
 def test_chinchilla_law_matches_its_natural_form():
   n, d = np.array([1e8, 1e9]), np.array([1e10, 3e9])
-  loss = _sample("chinchilla", {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}, {"N": n, "D": d})
+  loss = _sample("chinchilla", {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28},
+                 {"N": n, "D": d})
   np.testing.assert_allclose(loss, 1.7 + 400 / n**0.34 + 410 / d**0.28, rtol=1e-12)
 
 
@@ -65,8 +68,9 @@ def test_centring_is_an_exact_reparameterisation(law_name):
   """Predictions with centred covariates and shifted parameters equal the uncentred ones."""
   law = registry.get(law_name)
   rng = np.random.default_rng(0)
-  values = {"N": np.geomspace(1e6, 1e9, 6), "D": np.geomspace(1e9, 1e11, 6), "C": np.geomspace(1e17, 1e21, 6),
-            "S": np.array([0.0, 0.5, 0.75, 0.0, 0.9, 0.5]), "P": np.array([3.0, 4.0, 8.0, 6.0, 4.0, 3.0]),
+  values = {"N": np.geomspace(1e6, 1e9, 6), "D": np.geomspace(1e9, 1e11, 6),
+            "C": np.geomspace(1e17, 1e21, 6), "S": np.array([0.0, 0.5, 0.75, 0.0, 0.9, 0.5]),
+            "P": np.array([3.0, 4.0, 8.0, 6.0, 4.0, 3.0]),
             "T": np.array([2.2, 3.1, 2.7, 2.4, 3.5, 2.9])}
   with jax.enable_x64(True):
     log_x = {c: jnp.asarray(registry.log_covariate(c, values[c])) for c in law.covariates}
@@ -74,7 +78,8 @@ def test_centring_is_an_exact_reparameterisation(law_name):
     theta = np.array([rng.choice(g) for g in law.grid]) + rng.normal(0, 0.05, law.n_params)
     centred_theta = law.shift(theta, means, -1.0)
     plain = law.log_predict(jnp.asarray(theta), log_x)
-    centred = law.log_predict(jnp.asarray(centred_theta), {c: v - means[c] for c, v in log_x.items()})
+    centred_x = {c: v - means[c] for c, v in log_x.items()}
+    centred = law.log_predict(jnp.asarray(centred_theta), centred_x)
     np.testing.assert_allclose(np.asarray(centred), np.asarray(plain), rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(law.shift(centred_theta, means, +1.0), theta, rtol=1e-12, atol=1e-12)
 
@@ -84,5 +89,7 @@ def test_linear_residual_variant_predicts_the_loss_and_is_registered_once():
   linear = registry.for_residual(law, "linear")
   assert registry.for_residual(law, "linear") is linear and registry.for_residual(law, "log") is law
   assert linear.name not in registry.names()
-  theta, log_x = jnp.asarray([np.log(1.7), np.log(1e12), 0.3]), {"N": jnp.log(jnp.asarray([1e8, 1e9]))}
-  np.testing.assert_allclose(linear.log_predict(theta, log_x), jnp.exp(law.log_predict(theta, log_x)), rtol=1e-6)
+  theta = jnp.asarray([np.log(1.7), np.log(1e12), 0.3])
+  log_x = {"N": jnp.log(jnp.asarray([1e8, 1e9]))}
+  np.testing.assert_allclose(linear.log_predict(theta, log_x),
+                             jnp.exp(law.log_predict(theta, log_x)), rtol=1e-6)

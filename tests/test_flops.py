@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from jscale.models import flops
+from jscale import data as data_lib
 from jscale import models
+from jscale.models import flops
+from jscale.sweep import config as config_lib
+from jscale.train.step import build_run
 
 
 def compiled_flops(step, *args) -> float:
@@ -154,10 +157,6 @@ def test_measured_matmul_peak_is_a_positive_rate():
 def test_the_real_train_step_matches_the_convention_within_10_percent(
     width, depth, context, batch):
   """The jitted step jscale trains with (AdamW, clipping, data-parallel jit)."""
-  from jscale.sweep import config as config_lib  # noqa: PLC0415
-  from jscale import data as data_lib  # noqa: PLC0415
-  from jscale.train.step import build_run  # noqa: PLC0415
-
   c = config_lib.base_config()
   c.model.width, c.model.depth, c.model.num_heads = width, depth, 2
   c.data.name, c.data.seq_len, c.train.global_batch = "synthetic_text", context, batch
@@ -169,3 +168,26 @@ def test_the_real_train_step_matches_the_convention_within_10_percent(
   measured = compiled_flops(built.step, state, batch_arrays)
   predicted = flops.train_flops_per_step(run.model, batch)
   assert measured == pytest.approx(predicted, rel=0.10)
+
+
+@pytest.mark.parametrize("family,fields", [
+    ("transformer", dict(width=128, depth=2, num_heads=4, context_length=32)),
+    ("transformer", dict(width=64, depth=2, head_dim=16, context_length=32,
+                         positions="learned")),
+    ("mlp", dict(width=128, depth=3, input_shape=(8, 8, 1))),
+])
+def test_mup_changes_neither_parameter_counts_nor_flops(family, fields):
+  sp = models.make_spec(family, **fields)
+  mup = models.make_spec(family, parametrization="mup", mup_base_width=32, **fields)
+  assert mup.param_counts() == sp.param_counts()
+  assert mup.train_flops_per_unit() == sp.train_flops_per_unit()
+  shapes = []
+  for spec in (sp, mup):
+    module, step = sgd_train_step(spec)
+    params = jax.eval_shape(module.init, jax.random.key(0), spec.dummy_inputs(1))
+    shapes.append(jax.tree.map(lambda x: x.shape, params))
+    inputs = spec.dummy_inputs(4)
+    labels = inputs if family == "transformer" else jnp.zeros((4,), jnp.int32)
+    measured = compiled_flops(step, params, inputs, labels)
+    assert measured == pytest.approx(flops.train_flops_per_step(spec, 4), rel=0.10)
+  assert shapes[0] == shapes[1]

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_config
 
 from jscale import models
 from jscale.models import transformer
+from jscale.sweep import config as config_lib
 
 
 def _init(spec, seed=0):
@@ -208,3 +210,81 @@ def test_bad_input_is_a_one_line_value_error(family, fields, words):
   assert "\n" not in message
   for word in words:
     assert word in message
+
+
+@pytest.mark.parametrize("family,fields", [
+    ("transformer", dict(width=16, depth=1, num_heads=2, context_length=8)),
+    ("transformer", dict(width=48, depth=3, num_heads=4, context_length=16,
+                         positions="learned", vocab_size=50)),
+    ("transformer", dict(width=64, depth=2, head_dim=8, context_length=8,
+                         parametrization="mup")),
+    ("mlp", dict(width=8, depth=1, input_shape=(8, 8, 1))),
+    ("mlp", dict(width=64, depth=3, input_shape=(28, 28, 1), parametrization="mup")),
+    ("cnn", dict(width=8, depth=1, input_shape=(8, 8, 1))),
+    ("cnn", dict(width=16, depth=5, input_shape=(28, 28, 3), num_classes=4)),
+])
+def test_non_embedding_mask_selects_exactly_n(family, fields):
+  spec = models.make_spec(family, **fields)
+  variables, _ = _shapes(spec)
+  for tree in (variables["params"], variables):  # with and without flax's wrapper
+    mask = spec.non_embedding_mask(tree)
+    assert jax.tree.structure(mask) == jax.tree.structure(tree)
+    counted = sum(leaf.size for leaf, keep in zip(jax.tree.leaves(tree),
+                                                    jax.tree.leaves(mask)) if keep)
+    assert counted == spec.param_counts().non_embedding
+
+
+def test_only_the_transformer_is_a_language_model():
+  assert {name: spec.is_language_model for name, spec in models.FAMILIES.items()} == {
+      "transformer": True, "mlp": False, "cnn": False}
+  assert models.make_spec("transformer").is_language_model
+
+
+def test_head_dim_fixes_the_head_size_and_sets_num_heads():
+  spec = models.make_spec("transformer", width=96, num_heads=4, head_dim=16)
+  assert (spec.num_heads, spec.head_size, spec.head_dim) == (6, 16, 16)
+  derived = models.make_spec("transformer", width=96, num_heads=4)
+  assert (derived.num_heads, derived.head_size, derived.head_dim) == (4, 24, 0)
+  params, _ = _shapes(spec)
+  assert params["params"]["block_0"]["attention"]["qkv"]["kernel"].shape == (96, 3, 6, 16)
+  # An odd head size is fine without rotary, and num_heads is not checked when unused.
+  assert models.make_spec("transformer", width=15, head_dim=5, num_heads=0,
+                          positions="learned").num_heads == 3
+
+
+def test_model_keys_of_the_config_reach_the_spec():
+  c = tiny_config()
+  c.model.width, c.model.head_dim = 64, 8
+  c.model.parametrization, c.model.mup_base_width = "mup", 32
+  spec = config_lib.resolve(c).model
+  assert (spec.num_heads, spec.head_dim, spec.parametrization, spec.mup_base_width) == (
+      8, 8, "mup", 32)
+  c.model.family, c.data.name = "cnn", "synthetic_images"
+  with pytest.raises(ValueError, match="model.parametrization must be sp for the cnn"):
+    config_lib.resolve(c)
+  c.model.family, c.data.name = "mlp", "synthetic_text"
+  with pytest.raises(ValueError, match="use transformer for text and mlp or cnn for images"):
+    config_lib.resolve(c)
+
+
+@pytest.mark.parametrize("fields,words", [
+    (dict(width=64, head_dim=12), ["model.head_dim", "12", "positive divisor",
+                                   "model.width=64"]),
+    (dict(width=64, head_dim=-8), ["model.head_dim", "-8", "positive divisor"]),
+    (dict(width=64, head_dim=2.5), ["model.head_dim", "2.5"]),
+    (dict(width=63, head_dim=7), ["model.head_dim", "even", "rotary", "7"]),
+    (dict(parametrization="ntk"), ["model.parametrization", "ntk", "sp, mup"]),
+    (dict(parametrization="mup", mup_base_width=0), ["model.mup_base_width", "0"]),
+])
+def test_bad_transformer_fields_are_one_line_value_errors(fields, words):
+  with pytest.raises(ValueError) as error:
+    models.make_spec("transformer", **fields)
+  message = str(error.value)
+  assert "\n" not in message
+  for word in words:
+    assert word in message
+
+
+def test_cnn_refuses_mup():
+  with pytest.raises(ValueError, match="model.parametrization must be sp for the cnn family"):
+    models.make_spec("cnn", parametrization="mup")

@@ -1,5 +1,6 @@
 """Sweeps through the real entry point: plan, resume after SIGKILL/SIGTERM, workers, errors."""
 
+import csv
 import json
 import os
 import pathlib
@@ -16,7 +17,9 @@ from experiments.configs import smoke
 from jscale import data as data_lib
 from jscale.sweep import config as config_lib
 from jscale.sweep import plan as plan_lib
+from jscale.sweep import runner
 from jscale.sweep import spec as spec_lib
+from jscale.train.sharding import data_parallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "--config=experiments/configs/smoke.py"
@@ -299,3 +302,87 @@ def test_batched_sweep_matches_one_by_one(tmp_path, env):
   batched = json.loads(next((tmp_path / "always" / "runs").iterdir()).joinpath(
       "result.json").read_text())
   assert batched["batched_runs"] == 3
+
+
+WSD = ("--config.train.schedule=wsd", "--config.sweep.widths=(8,16)",
+       "--config.sweep.tokens=(2560,3840,5120)", "--config.sweep.min_steps=1",
+       "--batch_runs=always")
+
+
+def test_wsd_token_axis_plans_one_trunk_per_size_and_branches():
+  c = smoke_config()
+  c.train.schedule, c.train.cooldown_fraction = "wsd", 0.2
+  c.sweep.widths, c.sweep.tokens, c.sweep.min_steps = (8, 16), (2560, 3840, 5120), 1
+  runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), data_lib.load(
+      config_lib.data_spec(c)))
+  trunks = [r for r in runs if r.is_trunk]
+  branches = [r for r in runs if r.trunk_id]
+  assert len(trunks) == 2 and len(branches) == 6
+  for trunk in trunks:
+    mine = [r for r in branches if r.trunk_id == trunk.run_id]
+    assert sorted(r.branch_step for r in mine) == [8, 12, 16]  # 10, 15, 20 steps - 20%
+    assert trunk.spec.train.schedule == "constant" and trunk.spec.train.steps == 16
+    assert trunk.spec.checkpoint.keep_steps == (8, 12, 16)
+    assert all(r.spec.model == trunk.spec.model for r in mine)
+    assert runs.index(trunk) < min(runs.index(r) for r in mine)  # trained first
+  independent = sum(r.flops for r in branches)
+  assert sum(r.cost_flops for r in runs) == pytest.approx(independent * (16 + 2 + 3 + 4) / 45)
+  c.train.schedule = "cosine"  # no trunks: every run trains its whole length
+  assert not any(r.is_trunk or r.trunk_id for r in plan_lib.plan_runs(
+      c, spec_lib.sweep_spec(c.sweep), data_lib.load(config_lib.data_spec(c))))
+
+
+def test_dry_run_shows_trunks_branches_and_their_flops(tmp_path, env):
+  result = run(sweep_cmd(env, tmp_path / "w", "--dry_run", *WSD), env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.count("  trunk") == 2 and result.stdout.count("branch of") == 6
+  assert "as independent runs (1.80x)" in result.stdout
+
+
+@pytest.mark.slow
+def test_trunks_and_branches_survive_sigkill_and_equal_independent_runs(tmp_path, env):
+  straight = tmp_path / "straight"
+  done = run(sweep_cmd(env, straight, "--nofit", *WSD), env)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = list(csv.DictReader((straight / "results.csv").open()))
+  trunks = {r["trunk"] for r in rows if r["trunk"]}
+  assert len(trunks) == 2 and len(rows) == 8
+  expected = (straight / "results.csv").read_text()
+  moments = {"during_a_trunk": ("jscale.train.metrics", "MetricsLog.append", 6),
+             "as_a_branch_starts": ("jscale.train.loop", "Member._branch", 2)}
+  for moment, (module, attribute, nth) in moments.items():
+    workdir = tmp_path / moment
+    killed = run([sys.executable, "-c", KILLER, module, attribute, str(nth), SMOKE,
+                  f"--workdir={workdir}", f"--compilation_cache={env['JSCALE_TEST_XLA_CACHE']}",
+                  "--nofit", *WSD], env)
+    assert killed.returncode == -signal.SIGKILL, (moment, killed.stderr[-2000:])
+    resumed = run(sweep_cmd(env, workdir, "--nofit", *WSD), env)
+    assert resumed.returncode == 0, (moment, resumed.stderr[-2000:])
+    assert (workdir / "results.csv").read_text() == expected, moment
+  # The same runs trained independently (no trunk): the same numbers.
+  alone = tmp_path / "alone"
+  for row in (r for r in rows if r["trunk"]):
+    widths = f"--config.sweep.widths=({row['width']},)"
+    tokens = f"--config.sweep.tokens=({row['tokens']},)"
+    one = run(sweep_cmd(env, alone / row["run_id"], "--nofit", "--config.train.schedule=wsd",
+                        widths, tokens, "--config.sweep.min_steps=1"), env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    again = [r for r in csv.DictReader((alone / row["run_id"] / "results.csv").open())
+             if r["trunk"]]
+    assert again[0]["run_id"] == row["run_id"] and again[0]["val_loss"] == row["val_loss"]
+
+
+def test_a_resumed_sweep_reuses_the_recorded_batching_decisions():
+  c = smoke_config()
+  c.sweep.widths, c.sweep.seeds = (8,), (0, 1, 2)
+  dataset = data_lib.load(config_lib.data_spec(c))
+  runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
+  dp = data_parallel(1)
+  decisions = {}
+  first = runner.training_units(runs, dataset, dp, "auto", decisions)
+  assert len(decisions) == 1  # measured once, recorded
+  (batched,) = decisions.values()
+  assert [len(u) for u in first] == ([3] if batched else [1, 1, 1])
+  flipped = {name: not batched for name in decisions}  # as if an earlier process chose so
+  again = runner.training_units(runs, dataset, dp, "auto", flipped)
+  assert [len(u) for u in again] == ([1, 1, 1] if batched else [3])

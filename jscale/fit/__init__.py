@@ -1,13 +1,17 @@
 """jscale's differentiable scaling-law fitter (user docs: README.md, "Fitting scaling laws").
 
-Public API: ``fit``, ``fit_sweep_results``, ``summary``, ``plot_fit``,
-``FitResult``, and the law ``registry``.
+A generic library over named covariates (N, D, C, S, P, T and the loss): it reads
+tables but knows no one's column names, and imports nothing else of jscale (a sweep's
+results are turned into covariates by ``jscale.sweep.analysis``).
+
+Public API: ``fit``, ``predict``, ``summary``, ``write_json``, ``plot_fit``,
+``FitResult``, ``complete_columns``, and the law ``registry``.
 """
 
 from jscale.fit import registry
-from jscale.fit.api import choose_sweep_law, fit, fit_sweep_results
+from jscale.fit.api import ISOFLOP, complete_columns, fit, predict
 from jscale.fit.plots import plot_fit
 from jscale.fit.report import FitResult, summary, write_json
 
-__all__ = ["FitResult", "choose_sweep_law", "fit", "fit_sweep_results", "plot_fit", "registry",
+__all__ = ["ISOFLOP", "FitResult", "complete_columns", "fit", "plot_fit", "predict", "registry",
            "summary", "write_json"]

@@ -46,13 +46,17 @@ def chinchilla_allocation(params: dict[str, float], compute: float) -> Allocatio
 
 def chinchilla_loss(params: dict[str, float], n, d):
   """L(N, D) = E + A / N^alpha + B / D^beta in natural units."""
-  return params["E"] + params["A"] / np.power(n, params["alpha"]) + params["B"] / np.power(d, params["beta"])
+  return (params["E"] + params["A"] / np.power(n, params["alpha"])
+          + params["B"] / np.power(d, params["beta"]))
 
 
 def numerical_n_opt(params: dict[str, float], compute: float) -> float:
   """N minimising L(N, C/(6N)), found by a bounded scalar search in log N."""
   log_c6 = np.log(compute / 6.0)
-  loss = lambda log_n: chinchilla_loss(params, np.exp(log_n), np.exp(log_c6 - log_n))
+
+  def loss(log_n):
+    return chinchilla_loss(params, np.exp(log_n), np.exp(log_c6 - log_n))
+
   result = scipy_optimize.minimize_scalar(loss, bounds=(0.0, log_c6), method="bounded",
                                           options={"xatol": 1e-12})
   return float(np.exp(result.x))

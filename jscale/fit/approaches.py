@@ -9,9 +9,10 @@ when the table says. N* comes from the runs' parameter counts and D* from the to
 the runs actually trained, each from its own parabola. Only a table lacking one of the
 two columns gets it from Hoffmann's C = 6ND (D* = C / (6 N*) for (C, N, loss) data such
 as Chinchilla's, N* = C / (6 D*) for (C, D, loss) data such as Llama 3's); ``sources``
-in the result says which. jscale's sweeps size runs with the full per-token rule of
-``jscale.models.flops`` (1.25-2.9x 6N on the sizes we train), so C / (6 N*) would overstate
-their D* by that factor: their tables carry the tokens and never take that route.
+in the result says which. A table whose C follows a fuller per-token rule (one that
+counts attention and embeddings is 1.25-2.9x 6N on small models) would have its D*
+overstated by that factor through C / (6 N*): such a table should carry the tokens, so
+that this route is never taken.
 """
 
 import dataclasses
@@ -81,8 +82,8 @@ def isoflop_minima(compute: np.ndarray, loss: np.ndarray, covariates: dict[str, 
     for name, value in found.items():
       minima[name].append(value)
   if len(budgets) < 2:
-    raise ValueError(f"isoflop needs at least 2 budgets with >= 3 model sizes and a convex profile, "
-                     f"got {len(budgets)}")
+    raise ValueError(f"isoflop needs at least 2 budgets with >= 3 model sizes and a convex "
+                     f"profile, got {len(budgets)}")
   return np.asarray(budgets), {name: np.asarray(v) for name, v in minima.items()}
 
 

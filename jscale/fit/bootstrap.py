@@ -13,7 +13,8 @@ PERCENTILES = (2.5, 10.0, 50.0, 90.0, 97.5)
 def resample_weights(n_points: int, n_resamples: int, seed: int) -> np.ndarray:
   """(B, n) multiplicities of n points drawn n times with replacement, B times."""
   rng = np.random.default_rng(seed)
-  return rng.multinomial(n_points, np.full(n_points, 1.0 / n_points), size=n_resamples).astype(np.float64)
+  counts = rng.multinomial(n_points, np.full(n_points, 1.0 / n_points), size=n_resamples)
+  return counts.astype(np.float64)
 
 
 def interval(samples: np.ndarray) -> dict[str, float]:

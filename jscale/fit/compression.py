@@ -1,10 +1,11 @@
-"""What compression is worth in parameters: effective-parameter multipliers and
-loss changes, from fitted laws.
+"""What compression is worth in parameters: effective-parameter multipliers from
+fitted laws.
 
 N_eff is the dense parameter count that a law says would reach the same loss:
 for sparsity, (a + c) N_eff^-d = (a (1 - S)^b + c) N^-d; for post-training
-quantization and distilled students, L_dense(N_eff, D) = L_observed, solved
-by bisection in log N on any dense law that decreases in N.
+quantization, E + A N_eff^-alpha + B D^-beta = L_hat(N, D, P); for any observed
+loss (a quantized model's, a distilled student's), L_dense(N_eff, D) = L_observed,
+solved by bisection in log N on any dense law that decreases in N.
 """
 
 import jax
@@ -20,25 +21,30 @@ _BISECTIONS = 80
 
 
 def sparsity_multipliers(params: dict[str, float], sparsities) -> dict[str, float]:
-  """N_eff / N per sparsity level: ((a + c) / (a (1 - S)^b + c))^(1 / d), keyed by f"{S:g}"."""
+  """N_eff / N per sparsity level: ((a + c) / (a (1 - S)^b + c))^(1 / d), keyed by
+  f"{S:g}"."""
   a, b, c, d = params["a"], params["b"], params["c"], params["d"]
-  return {f"{s:g}": float(((a + c) / (a * (1 - s) ** b + c)) ** (1 / d)) for s in np.unique(sparsities)}
+  return {f"{s:g}": float(((a + c) / (a * (1 - s) ** b + c)) ** (1 / d))
+          for s in np.unique(sparsities)}
 
 
-def precision_multipliers(params: dict[str, float], columns: dict[str, np.ndarray]) -> dict[str, float]:
+def precision_multipliers(params: dict[str, float],
+                          columns: dict[str, np.ndarray]) -> dict[str, float]:
   """Mean N_eff / N per precision P over the fitted points (precision law).
 
   N_eff solves E + A N_eff^-alpha + B D^-beta = L_hat(N, D, P): the dense model
   that loses as much as the quantized one.
   """
   n, d, p = columns["N"], columns["D"], columns["P"]
-  degradation = params["C_T"] * d ** params["gamma_D"] / n ** params["gamma_N"] * np.exp(-p / params["gamma_post"])
+  degradation = (params["C_T"] * d ** params["gamma_D"] / n ** params["gamma_N"]
+                 * np.exp(-p / params["gamma_post"]))
   size_term = params["A"] / n ** params["alpha"] + degradation
   n_eff = (params["A"] / size_term) ** (1 / params["alpha"])
   return {f"{bits:g}": float(np.mean(n_eff[p == bits] / n[p == bits])) for bits in np.unique(p)}
 
 
-def effective_params(law: registry.Law, theta, loss: np.ndarray, columns: dict[str, np.ndarray]) -> np.ndarray:
+def effective_params(law: registry.Law, theta, loss: np.ndarray,
+                     columns: dict[str, np.ndarray]) -> np.ndarray:
   """N_eff per row with L_law(N_eff, other covariates of the row) = loss.
 
   +inf where the loss is below what any N reaches within the bracket, 0 where
@@ -50,7 +56,8 @@ def effective_params(law: registry.Law, theta, loss: np.ndarray, columns: dict[s
 
   def predicted(log_n):
     with jax.enable_x64(True):
-      return np.exp(np.asarray(law.log_predict(np.asarray(theta, np.float64), dict(log_x, N=log_n))))
+      log_loss = law.log_predict(np.asarray(theta, np.float64), dict(log_x, N=log_n))
+      return np.exp(np.asarray(log_loss))
 
   out_of_reach_low, out_of_reach_high = loss < predicted(hi), loss > predicted(lo)
   for _ in range(_BISECTIONS):
@@ -71,43 +78,3 @@ def mean_interval(values, level: float = 0.95) -> dict[str, float]:
   sd = float(np.std(values, ddof=1))
   half = stats.t.ppf(0.5 + level / 2, values.size - 1) * sd / np.sqrt(values.size)
   return dict(out, sd=sd, low=out["mean"] - half, high=out["mean"] + half)
-
-
-def ptq_report(n: np.ndarray, loss_float: np.ndarray, loss_int: np.ndarray, n_eff: np.ndarray) -> dict:
-  """Loss change of post-training quantization vs float, per size and pooled.
-
-  Args:
-    n: non-embedding parameters per run.
-    loss_float: the run's float validation loss.
-    loss_int: the same run's loss after quantization.
-    n_eff: dense-law effective parameters at ``loss_int``.
-  """
-  delta, ratio = loss_int - loss_float, n_eff / n
-  per_size = []
-  for size in np.unique(n):
-    rows = n == size
-    per_size.append({"params_non_embedding": float(size), "runs": int(rows.sum()),
-                     "loss_float": float(np.mean(loss_float[rows])), "loss_quantized": float(np.mean(loss_int[rows])),
-                     "loss_change": float(np.mean(delta[rows])), "n_eff_ratio": float(np.mean(ratio[rows]))})
-  return {"runs": int(n.size), "per_size": per_size, "loss_change": mean_interval(delta),
-          "n_eff_ratio": mean_interval(ratio)}
-
-
-def distillation_report(students: dict[str, np.ndarray], dense: dict[str, np.ndarray], n_eff: np.ndarray) -> dict:
-  """Each student against the dense run(s) of its size (same tokens where there are any).
-
-  ``students`` and ``dense`` hold "run_id", "teacher", "N", "D", "loss" arrays.
-  """
-  rows = []
-  for i, run_id in enumerate(students["run_id"]):
-    same_size = dense["N"] == students["N"][i]
-    same_tokens = same_size & (dense["D"] == students["D"][i])
-    match = same_tokens if same_tokens.any() else same_size
-    dense_loss = float(np.mean(dense["loss"][match])) if match.any() else float("nan")
-    rows.append({"run_id": str(run_id), "teacher": str(students["teacher"][i]),
-                 "params_non_embedding": float(students["N"][i]), "tokens": float(students["D"][i]),
-                 "loss": float(students["loss"][i]), "dense_loss": dense_loss,
-                 "loss_change": float(students["loss"][i]) - dense_loss,
-                 "n_eff_ratio": float(n_eff[i] / students["N"][i])})
-  return {"students": rows, "loss_change": mean_interval([r["loss_change"] for r in rows]),
-          "n_eff_ratio": mean_interval([r["n_eff_ratio"] for r in rows])}

@@ -90,7 +90,8 @@ def precision(theta: Array, log_n: Array, log_d: Array, log_p: Array) -> Array:
   """
   a, b, e, alpha, beta, log_ct, gamma_d, gamma_n, log_gamma_post = (theta[i] for i in range(9))
   degradation = log_ct + gamma_d * log_d - gamma_n * log_n - jnp.exp(log_p - log_gamma_post)
-  return _logsumexp(a - alpha * log_n, b - beta * log_d, jnp.broadcast_to(e, log_n.shape), degradation)
+  return _logsumexp(a - alpha * log_n, b - beta * log_d, jnp.broadcast_to(e, log_n.shape),
+                    degradation)
 
 
 def distillation(theta: Array, log_t: Array, log_n: Array, log_d: Array) -> Array:

@@ -49,7 +49,8 @@ class Result(NamedTuple):
   f: Array           # (S,) final objective
   g: Array           # (S, P) final gradient
   iterations: Array  # (S,) accepted steps each row took
-  converged: Array   # (S,) stopped by the gradient or decrease test, not by max_iter or a failed search
+  converged: Array   # (S,) stopped by the gradient or decrease test (not max_iter or a failed
+                     # search)
 
 
 class _State(NamedTuple):
@@ -166,7 +167,8 @@ def minimize(value_and_grad_fn: Callable[[Array], tuple[Array, Array]], x0_SxP: 
       return jnp.where(new_pair[None, :, None], shifted, hist)
 
     s_hist, y_hist = push(state.s_hist, s), push(state.y_hist, y)
-    shifted_rho = jnp.concatenate([(1.0 / jnp.where(new_pair, sy, 1.0))[None], state.rho[:-1]], axis=0)
+    newest_rho = 1.0 / jnp.where(new_pair, sy, 1.0)
+    shifted_rho = jnp.concatenate([newest_rho[None], state.rho[:-1]], axis=0)
     rho = jnp.where(new_pair[None, :], shifted_rho, state.rho)
     gamma = jnp.where(new_pair, sy / jnp.where(new_pair, _dot(y, y), 1.0), state.gamma)
     x = jnp.where(accept[:, None], trial, state.x)

@@ -62,8 +62,7 @@ def _chinchilla_value_and_grad(theta_SxP: Array, log_n: Array, log_d: Array, log
   products measured 4.3 ms for 4,500 starts x 240 points in float32 against
   21 ms for the autodiff gradient (2-core CPU).
   """
-  column = lambda i: theta_SxP[:, i:i + 1]
-  a, b, e, alpha, beta = (column(i) for i in range(5))
+  a, b, e, alpha, beta = (theta_SxP[:, i:i + 1] for i in range(5))
   term_n = a - alpha * log_n[None, :]
   term_d = b - beta * log_d[None, :]
   term_e = jnp.broadcast_to(e, term_n.shape)
@@ -78,12 +77,13 @@ def _chinchilla_value_and_grad(theta_SxP: Array, log_n: Array, log_d: Array, log
   grad_n = (scaled * exp_n) @ design_n   # (S, 2): d/da, d/dalpha
   grad_d = (scaled * exp_d) @ design_d   # (S, 2): d/db, d/dbeta
   grad_e = jnp.sum(scaled * exp_e, axis=-1, keepdims=True)
-  grad = jnp.concatenate([grad_n[:, :1], grad_d[:, :1], grad_e, grad_n[:, 1:], grad_d[:, 1:]], axis=-1)
+  grad = jnp.concatenate([grad_n[:, :1], grad_d[:, :1], grad_e, grad_n[:, 1:], grad_d[:, 1:]],
+                         axis=-1)
   return value, grad
 
 
-def batched_value_and_grad(law: registry.Law, log_x: Mapping[str, Array], log_y: Array, weights: Array,
-                           delta: float, reduction: str = "sum"):
+def batched_value_and_grad(law: registry.Law, log_x: Mapping[str, Array], log_y: Array,
+                           weights: Array, delta: float, reduction: str = "sum"):
   """``theta_SxP -> (objective (S,), gradient (S, P))`` of ``objective`` for S parameter rows.
 
   The Chinchilla law gets the hand-written gradient above (same value as
@@ -97,7 +97,8 @@ def batched_value_and_grad(law: registry.Law, log_x: Mapping[str, Array], log_y:
         lambda theta: objective(theta, law, log_x, log_y, weights, delta, reduction)))
 
   def value_and_grad(theta_SxP):
-    value, grad = _chinchilla_value_and_grad(theta_SxP, log_x["N"], log_x["D"], log_y, weights, delta)
+    value, grad = _chinchilla_value_and_grad(theta_SxP, log_x["N"], log_x["D"], log_y, weights,
+                                             delta)
     if reduction == "mean":
       total_weight = jnp.sum(weights)
       value, grad = value / total_weight, grad / total_weight

@@ -2,18 +2,22 @@
 
 A fit runs a schedule of stages. The first stage takes every start of the
 grid; each later stage ranks the rows it receives by its own objective and
-keeps the best ``keep``. The default (``PRUNED_SCHEDULE``) gives every start
-a few float32 L-BFGS steps, runs the best 256 to float32 convergence and
-polishes the best 8 in float64 -- float64 only where the last digits matter
-(float32 evaluations are several times cheaper on CPU). Covariates are
-centred first (an exact reparameterisation, ``registry.Shift``), which turns
-the condition number of the Chinchilla problem from ~1e11 into something
-L-BFGS handles in tens of iterations.
+keeps the best ``keep``. The default (``PRUNED_SCHEDULE``) has two stages:
+every start gets a probe of 12 float32 L-BFGS steps (enough to tell the
+hopeless starts, which are also the slow ones), then the best 64 run to
+convergence in float64 -- float64 only where the last digits matter (float32
+evaluations are several times cheaper on CPU). ``FULL_SCHEDULE`` instead runs
+every start to float32 convergence and polishes all of them in float64, for an
+exact count of starts reaching the best; the bootstrap's schedule keeps 16
+starts after the probe. Covariates are centred first (an exact
+reparameterisation, ``registry.Shift``), which turns the condition number of
+the Chinchilla problem from ~1e11 into something L-BFGS handles in tens of
+iterations.
 
 Each stage is its own small compiled program (one flat while loop), cached by
-(law, stage, delta, reduction, shapes): a default fit compiles three, and
-every later fit of the same sized data reuses them. The bootstrap runs the
-same stages vmapped over a chunk of resamples.
+(law, stage, delta, reduction, shapes): a default fit compiles two, and every
+later fit of the same sized data reuses them. The bootstrap runs the same
+stages vmapped over a chunk of resamples.
 """
 
 import concurrent.futures
@@ -25,9 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale.fit import lbfgs
+from jscale.fit import lbfgs, registry
 from jscale.fit import objective as objective_lib
-from jscale.fit import registry
 
 # Relative objective gap within which a start counts as having reached the best.
 AT_BEST_RTOL = 1e-4
@@ -75,25 +78,30 @@ def _stage(x_RxP, iterations_R, log_x, log_y, weights, *, law_name, stage, delta
   law = registry.get(law_name)
   dtype = jnp.dtype(stage.dtype)
   value_and_grad = objective_lib.batched_value_and_grad(
-      law, {k: v.astype(dtype) for k, v in log_x.items()}, log_y.astype(dtype), weights.astype(dtype),
-      delta, reduction)
+      law, {k: v.astype(dtype) for k, v in log_x.items()}, log_y.astype(dtype),
+      weights.astype(dtype), delta, reduction)
   x = x_RxP.astype(dtype)
   if stage.keep is not None and stage.keep < x.shape[0]:
     incoming, _ = value_and_grad(x)
     _, keep = jax.lax.top_k(-jnp.where(jnp.isfinite(incoming), incoming, jnp.inf), stage.keep)
     x, iterations_R = x[keep], iterations_R[keep]
   result = lbfgs.minimize(value_and_grad, x, stage.tol)
-  as64 = lambda v: v.astype(jnp.float64)
-  return dict(x=as64(result.x), f=as64(result.f), g=as64(result.g),
-              iterations=iterations_R + result.iterations, converged=result.converged)
+  return dict(x=result.x.astype(jnp.float64), f=result.f.astype(jnp.float64),
+              g=result.g.astype(jnp.float64), iterations=iterations_R + result.iterations,
+              converged=result.converged)
 
 
 _STATIC = ("law_name", "stage", "delta", "reduction")
 _stage_jit = jax.jit(_stage, static_argnames=_STATIC)
-_stage_resamples_jit = jax.jit(
-    lambda x, it, log_x, log_y, w_BxN, **static: jax.vmap(
-        functools.partial(_stage, **static), in_axes=(0, 0, None, None, 0))(x, it, log_x, log_y, w_BxN),
-    static_argnames=_STATIC)
+
+
+def _stage_resamples(x, iterations, log_x, log_y, weights_BxN, **static):
+  """``_stage`` vmapped over resamples (start rows, iterations and weights per resample)."""
+  stage = functools.partial(_stage, **static)
+  return jax.vmap(stage, in_axes=(0, 0, None, None, 0))(x, iterations, log_x, log_y, weights_BxN)
+
+
+_stage_resamples_jit = jax.jit(_stage_resamples, static_argnames=_STATIC)
 
 
 # XLA:CPU options measured on the 2-core box (benchmarks/fit_speed.py stages):
@@ -122,13 +130,18 @@ def _programs(resamples: int | None, num_starts: int, num_params: int, num_point
   2 cores a two-stage fit's compile takes about as long as its larger stage's.
   """
   batch = () if resamples is None else (resamples,)
-  f64 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float64)
+
+  def f64(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float64)
+
   data = ({c: f64(num_points) for c in covariates}, f64(num_points), f64(*batch, num_points))
   stage_fn = _stage_jit if resamples is None else _stage_resamples_jit
   lowered, rows = [], num_starts
   for stage in schedule:
-    lowered.append(stage_fn.lower(f64(*batch, rows, num_params), jax.ShapeDtypeStruct(batch + (rows,), jnp.int32),
-                                  *data, law_name=law_name, stage=stage, delta=delta, reduction=reduction))
+    iterations = jax.ShapeDtypeStruct(batch + (rows,), jnp.int32)
+    lowered.append(stage_fn.lower(f64(*batch, rows, num_params), iterations, *data,
+                                  law_name=law_name, stage=stage, delta=delta,
+                                  reduction=reduction))
     rows = rows if stage.keep is None else min(rows, stage.keep)
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
     return tuple(pool.map(_compile, lowered))
@@ -139,8 +152,9 @@ def _run_schedule(starts, log_x, log_y, weights, *, law_name, schedule, delta, r
   if not schedule:
     raise ValueError("schedule must have at least one stage, got ()")
   resamples = weights.shape[0] if weights.ndim == 2 else None
-  programs = _programs(resamples, starts.shape[-2], starts.shape[-1], log_y.shape[0], tuple(sorted(log_x)),
-                       law_name=law_name, schedule=schedule, delta=delta, reduction=reduction)
+  programs = _programs(resamples, starts.shape[-2], starts.shape[-1], log_y.shape[0],
+                       tuple(sorted(log_x)), law_name=law_name, schedule=schedule, delta=delta,
+                       reduction=reduction)
   x = starts
   iterations = jnp.zeros(starts.shape[:-1], jnp.int32)
   for program in programs:
@@ -183,9 +197,11 @@ def fit(law: registry.Law, log_x: Mapping[str, np.ndarray], log_y: np.ndarray, *
     out = jax.device_get(out)
   finishers = np.where(np.isfinite(out["f"]), out["f"], np.inf)
   best = int(np.argmin(finishers))
-  at_best = int(np.sum(finishers <= finishers[best] * (1 + AT_BEST_RTOL) + np.finfo(np.float64).tiny))
+  threshold = finishers[best] * (1 + AT_BEST_RTOL) + np.finfo(np.float64).tiny
+  at_best = int(np.sum(finishers <= threshold))
   theta, value, grad = out["x"][best], float(out["f"][best]), out["g"][best]
-  rel = float(np.max(np.abs(grad) * np.maximum(np.abs(theta), 1.0)) / max(abs(value), np.finfo(float).tiny))
+  scaled_grad = np.max(np.abs(grad) * np.maximum(np.abs(theta), 1.0))
+  rel = float(scaled_grad / max(abs(value), np.finfo(float).tiny))
   return MultistartFit(
       theta=law.shift(theta, means, +1.0), objective=value,
       gradient_norm=float(np.max(np.abs(grad))), relative_gradient=rel,

@@ -20,7 +20,6 @@ import numpy as np
 
 from jscale.fit import laws
 
-
 RESIDUALS = ("log", "linear")
 
 
@@ -111,7 +110,8 @@ def register(law: Law) -> Law:
     raise ValueError(f"law {law.name!r} is already registered")
   if not (len(law.param_names) == len(law.log_space) == len(law.natural_names)
           == len(law.grid) == len(law.bounds)):
-    raise ValueError(f"law {law.name!r}: names, log_space, grid and bounds must have one entry per parameter")
+    raise ValueError(f"law {law.name!r}: names, log_space, grid and bounds must have one entry "
+                     "per parameter")
   _REGISTRY[law.name] = law
   return law
 
@@ -142,7 +142,11 @@ def for_residual(law: Law, residual: str) -> Law:
   name = f"{law.name}:linear"
   if name not in _REGISTRY:
     log_predict = law.log_predict
-    register(dataclasses.replace(law, name=name, log_predict=lambda theta, log_x: jnp.exp(log_predict(theta, log_x))))
+
+    def predict(theta, log_x):
+      return jnp.exp(log_predict(theta, log_x))
+
+    register(dataclasses.replace(law, name=name, log_predict=predict))
   return _REGISTRY[name]
 
 
@@ -218,8 +222,8 @@ register(Law(
     bounds=(_COEF_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS,
             _EXPONENT_BOUNDS, _COEF_BOUNDS),
     log_predict=laws.covariates(laws.sparsity, "S", "N", "D"),
-    shifts=(Shift(0, "N", exponent=3), Shift(2, "N", exponent=3), Shift(0, "S", exponent=1, factor=-1.0),
-            Shift(4, "D", exponent=5)),
+    shifts=(Shift(0, "N", exponent=3), Shift(2, "N", exponent=3),
+            Shift(0, "S", exponent=1, factor=-1.0), Shift(4, "D", exponent=5)),
     exponents=("b", "d", "f"),
     centred_grid=True,
 ))
@@ -233,7 +237,8 @@ register(Law(
     grid=((-3., -1.5, 0.), (0.25, 1., 2.), (-3., -1.5, 0.), (0.1, 0.3, 0.6), (-1., 0., 0.5, 1.)),
     bounds=(_COEF_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS),
     log_predict=laws.covariates(laws.sparsity_n, "S", "N"),
-    shifts=(Shift(0, "N", exponent=3), Shift(2, "N", exponent=3), Shift(0, "S", exponent=1, factor=-1.0)),
+    shifts=(Shift(0, "N", exponent=3), Shift(2, "N", exponent=3),
+            Shift(0, "S", exponent=1, factor=-1.0)),
     exponents=("b", "d"),
     centred_grid=True,
 ))
@@ -246,8 +251,8 @@ register(Law(
     natural_names=("A", "B", "E", "alpha", "beta", "C_T", "gamma_D", "gamma_N", "gamma_post"),
     grid=((-2., -0.5), (-2., -0.5), (-0.5, 0.5, 1.), (0.2, 0.5), (0.2, 0.5), (-5., -2.),
           (0.2, 0.6), (0.2, 0.6), (-2., -1., 0.)),
-    bounds=(_COEF_BOUNDS, _COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS,
-            _EXPONENT_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS),
+    bounds=(_COEF_BOUNDS, _COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, _EXPONENT_BOUNDS,
+            _COEF_BOUNDS, _EXPONENT_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS),
     log_predict=laws.covariates(laws.precision, "N", "D", "P"),
     shifts=(Shift(0, "N", exponent=3), Shift(1, "D", exponent=4), Shift(5, "N", exponent=7),
             Shift(5, "D", exponent=6, factor=-1.0), Shift(8, "P")),
@@ -262,7 +267,8 @@ register(Law(
     log_space=(True, False, True, True, False, False),
     natural_names=("k", "c0", "A", "B", "alpha", "beta"),
     grid=((-0.5, 0.5, 1.5), (0., 1., 2.), (-4., -2., 0.), (-4., -2., 0.), (0.2, 0.6), (0.2, 0.6)),
-    bounds=(_COEF_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS, _EXPONENT_BOUNDS),
+    bounds=(_COEF_BOUNDS, _EXPONENT_BOUNDS, _COEF_BOUNDS, _COEF_BOUNDS, _EXPONENT_BOUNDS,
+            _EXPONENT_BOUNDS),
     log_predict=laws.covariates(laws.distillation, "T", "N", "D"),
     shifts=(Shift(0, "T", factor=-1.0), Shift(2, "N", exponent=4), Shift(2, "T", exponent=1),
             Shift(3, "D", exponent=5), Shift(3, "T", exponent=1)),

@@ -4,7 +4,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,10 +13,10 @@ import numpy as np
 class FitResult:
   """Everything a fit produced; ``to_json`` gives the documented fit.json dict.
 
-  ``sections`` are further top-level fit.json keys (``effective_params``,
-  and from a sweep ``compression``, ``sparsity``, ``ptq``, ``distillation``,
-  ``isoflop``). ``columns`` (the fitted data) and ``theta`` travel with the
-  result for plotting and are not part of fit.json.
+  ``sections`` are further top-level fit.json keys: ``effective_params`` from the
+  fit itself, and whatever a caller analysing its own tables adds (it also
+  describes them, see ``summary``). ``columns`` (the fitted data) and ``theta``
+  travel with the result for plotting and prediction and are not part of fit.json.
   """
   law: str
   params: dict[str, Any]
@@ -87,8 +87,12 @@ def _with_interval(name: str, value: float, stats: dict | None) -> str:
           f"sd {stats['sd']:.3g})")
 
 
-def summary(result: FitResult) -> str:
-  """Readable report: exponents and allocation with bootstrap intervals."""
+def summary(result: FitResult, section_lines: Sequence[str] = ()) -> str:
+  """Readable report: exponents and allocation with bootstrap intervals.
+
+  ``section_lines`` describe sections the caller added to ``result.sections`` (this
+  module reads only ``effective_params``); they come before the notes.
+  """
   boot = result.bootstrap.get("params", {}) if result.bootstrap else {}
   lines = [f"law: {result.law}   points: {result.n_points}"]
   if result.law == "isoflop":
@@ -112,46 +116,13 @@ def summary(result: FitResult) -> str:
       lines.append("  " + _with_interval(key, alloc[key], ab.get(key)))
   if result.extrapolation:
     ex = result.extrapolation
-    lines.append(f"extrapolation: fitted {ex['n_fit']} points with {ex['covariate']} <= {ex['threshold']:.4g}; "
-                 f"held-out {ex['n_held_out']}: mean |rel. error| {ex['mean_abs_rel_error']:.4g}, "
-                 f"max {ex['max_abs_rel_error']:.4g}")
-  lines.extend(_section_lines(result.sections))
-  lines.extend(f"note: {note}" for note in result.notes)
-  return "\n".join(lines)
-
-
-def _interval(stats: dict) -> str:
-  return f"{stats['mean']:.4g} (95% {stats['low']:.4g} .. {stats['high']:.4g}, {stats['n']} runs)"
-
-
-def _section_lines(sections: dict[str, Any]) -> list[str]:
-  """Readable lines for the compression sections of a fit (see ``FitResult``)."""
-  lines = []
-  effective = sections.get("effective_params", {})
+    lines.append(f"extrapolation: fitted {ex['n_fit']} points with {ex['covariate']} <= "
+                 f"{ex['threshold']:.4g}; held-out {ex['n_held_out']}: mean |rel. error| "
+                 f"{ex['mean_abs_rel_error']:.4g}, max {ex['max_abs_rel_error']:.4g}")
+  effective = result.sections.get("effective_params", {})
   for key, label in (("by_sparsity", "sparsity"), ("by_precision", "precision")):
     for level, ratio in effective.get(key, {}).items():
       lines.append(f"  N_eff/N at {label} {level}: {ratio:.4g}")
-  if "compression" in sections:
-    counts = ", ".join(f"{k} {v}" for k, v in sections["compression"]["other_rows"].items()) or "none"
-    lines.append(f"dense rows fitted: {sections['compression']['dense_rows']}; other rows: {counts}")
-  if "sparsity" in sections:
-    sparse = sections["sparsity"]
-    params = ", ".join(f"{k} {v:.4g}" for k, v in sparse["params"].items())
-    lines.append(f"sparsity law {sparse['law']} on {sparse['n_points']} runs: {params}")
-    for level, ratio in sparse["effective_params"]["by_sparsity"].items():
-      lines.append(f"  N_eff/N at sparsity {level}: {ratio:.4g}")
-  for bits, ptq in sections.get("ptq", {}).items():
-    lines.append(f"{bits} post-training quantization, loss change vs float: {_interval(ptq['loss_change'])}; "
-                 f"N_eff/N {_interval(ptq['n_eff_ratio'])}")
-    for row in ptq["per_size"]:
-      lines.append(f"  N {row['params_non_embedding']:.4g}: {row['loss_float']:.4f} -> {row['loss_quantized']:.4f} "
-                   f"({row['loss_change']:+.4f}), N_eff/N {row['n_eff_ratio']:.4g}")
-  if "distillation" in sections:
-    distill = sections["distillation"]
-    lines.append(f"distilled students: loss change vs same-size dense {_interval(distill['loss_change'])}; "
-                 f"N_eff/N {_interval(distill['n_eff_ratio'])}")
-  if "isoflop" in sections:
-    iso = sections["isoflop"]
-    lines.append(f"isoflop (Approach 2): N_opt ~ C^{iso['n_opt']['exponent']:.4f}, "
-                 f"D_opt ~ C^{iso['d_opt']['exponent']:.4f}")
-  return lines
+  lines.extend(section_lines)
+  lines.extend(f"note: {note}" for note in result.notes)
+  return "\n".join(lines)

@@ -84,7 +84,8 @@ def check_positive(name: str, values) -> np.ndarray:
 def check_fraction(name: str, values) -> np.ndarray:
   """Returns ``values`` as float64 or raises naming the rows outside [0, 1)."""
   values = np.asarray(values, np.float64)
-  return _check(name, values, np.isfinite(values) & (values >= 0) & (values < 1), "a fraction in [0, 1)")
+  ok = np.isfinite(values) & (values >= 0) & (values < 1)
+  return _check(name, values, ok, "a fraction in [0, 1)")
 
 
 def _check(name: str, values: np.ndarray, ok: np.ndarray, allowed: str) -> np.ndarray:

@@ -1,7 +1,12 @@
 """Residual convolutional image classifier with a bounded number of downsamples.
 
 Shape letters: B batch, H/W spatial size at the current stage, C input
-channels, D width (channels of every block), N classes.
+channels, D width (channels of every block), F = H * W * D features of the
+last stage, N classes.
+
+Standard parametrization only: ``parametrization="mup"`` is refused, because
+muP's rules here would also have to settle how the flattened head's fan-in and
+the pooled stages scale, which nothing in jscale measures yet.
 
 Architecture: a linear 3x3 stem conv (C -> D), then ``depth`` pre-norm residual
 blocks ``x + conv3x3(relu(layer_norm(x)))``, then a final LayerNorm and a dense
@@ -44,6 +49,7 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
     depth: number of residual conv blocks.
     input_shape: (height, width, channels) of one image.
     num_classes: output logits.
+    parametrization: "sp" only (module docstring).
     dtype: compute dtype; parameters are float32 either way.
   """
   family: ClassVar[str] = "cnn"
@@ -51,7 +57,15 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
   depth: int = 2
   input_shape: tuple[int, int, int] = (28, 28, 1)
   num_classes: int = 10
+  parametrization: str = "sp"
   dtype: str = "float32"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.parametrization != "sp":
+      raise ValueError(
+          "model.parametrization must be sp for the cnn family (mup is implemented for"
+          f" transformer and mlp), got {self.parametrization!r}")
 
   def make_module(self) -> nn.Module:
     return CNN(self)
@@ -147,10 +161,9 @@ class CNN(nn.Module):
       if i in pooled_after:
         x_BxHxWxD = nn.avg_pool(x_BxHxWxD, (2, 2), strides=(2, 2))
     x_BxHxWxD = nn.LayerNorm(dtype=dtype, name="final_norm")(x_BxHxWxD)
-    features_BxF = x_BxHxWxD.reshape(x_BxHxWxD.shape[0], -1)  # F = H * W * D
+    features_BxF = x_BxHxWxD.reshape(x_BxHxWxD.shape[0], -1)
     logits_BxN = nn.Dense(
         s.num_classes, dtype=dtype,
-        kernel_init=nn.initializers.normal(
-            spec_lib.HEAD_LOGIT_STD / math.sqrt(s.head_inputs())),
+        kernel_init=nn.initializers.normal(spec_lib.head_init_std(s, s.head_inputs())),
         name="head")(features_BxF)
     return logits_BxN.astype(jnp.float32)

@@ -7,6 +7,11 @@ Initialisation: hidden kernels are He-normal (std sqrt(2 / fan_in)) so ReLU
 activations keep unit second moment at any width and depth; biases are zero;
 the head has std HEAD_LOGIT_STD / sqrt(D) (see ``spec``), so the initial loss
 is ~log(N) at every width.
+
+Under muP (``parametrization="mup"``, table in ``spec``) the first layer (fan-in
+I, fixed) and every bias are input-like, the D x D layers are hidden, and the
+head is the output layer: it starts smaller by sqrt(W0 / D), and the hidden
+layers and the head learn 1/m as fast.
 """
 
 import dataclasses
@@ -29,6 +34,8 @@ class MLPSpec(spec_lib.ImageClassifierSpec):
     depth: number of hidden layers.
     input_shape: (height, width, channels) of one image.
     num_classes: output logits.
+    parametrization: "sp" or "mup" (module docstring and ``spec``).
+    mup_base_width: muP's base width W0, where it equals SP.
     dtype: compute dtype; parameters are float32 either way.
   """
   family: ClassVar[str] = "mlp"
@@ -36,7 +43,13 @@ class MLPSpec(spec_lib.ImageClassifierSpec):
   depth: int = 2
   input_shape: tuple[int, int, int] = (28, 28, 1)
   num_classes: int = 10
+  parametrization: str = "sp"
+  mup_base_width: int = 64
   dtype: str = "float32"
+
+  def __post_init__(self):
+    super().__post_init__()
+    spec_lib.check_parametrization(self)
 
   @property
   def input_size(self) -> int:
@@ -60,6 +73,12 @@ class MLPSpec(spec_lib.ImageClassifierSpec):
     first_layer = self.input_size * self.width
     return float(6 * self.multiply_adds() - 2 * first_layer)
 
+  def learning_rate_multipliers(self, params):
+    """1/m for the D x D kernels and the head's under muP; else 1."""
+    return spec_lib.matrix_multipliers(
+        self, params, lambda module: module == "head" or (
+            module.startswith("hidden_") and module != "hidden_0"))
+
 
 class MLP(nn.Module):
   """Maps float32 images [B, H, W, C] to float32 logits [B, N]."""
@@ -69,16 +88,18 @@ class MLP(nn.Module):
   def __call__(self, images_BxHxWxC: jax.Array) -> jax.Array:
     s = self.spec
     dtype = spec_lib.compute_dtype(s)
-    # [B, I] going in, [B, D] after the first layer.
-    hidden = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1)
-    for i in range(s.depth):
-      hidden = nn.relu(nn.Dense(
-          s.width, dtype=dtype,
-          kernel_init=nn.initializers.normal(math.sqrt(2 / hidden.shape[-1])),
-          name=f"hidden_{i}")(hidden))
+    x_BxI = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1)
+
+    def hidden(index: int, fan_in: int) -> nn.Dense:
+      return nn.Dense(s.width, dtype=dtype,
+                      kernel_init=nn.initializers.normal(math.sqrt(2 / fan_in)),
+                      name=f"hidden_{index}")
+
+    h_BxD = nn.relu(hidden(0, s.input_size)(x_BxI))
+    for i in range(1, s.depth):
+      h_BxD = nn.relu(hidden(i, s.width)(h_BxD))
     logits_BxN = nn.Dense(
         s.num_classes, dtype=dtype,
-        kernel_init=nn.initializers.normal(
-            spec_lib.HEAD_LOGIT_STD / math.sqrt(s.width)),
-        name="head")(hidden)
+        kernel_init=nn.initializers.normal(spec_lib.head_init_std(s, s.width)),
+        name="head")(h_BxD)
     return logits_BxN.astype(jnp.float32)

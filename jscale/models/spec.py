@@ -4,11 +4,36 @@ A spec is a frozen dataclass that fully describes one architecture at one size.
 It builds its flax module, makes dummy inputs for ``module.init``, and knows
 its own parameter count and training FLOPs in closed form, so sweeps can plan
 compute without initialising anything. The FLOPs convention is stated once, in
-``jscale/flops.py``.
+``jscale/models/flops.py``. It also knows what the training code must not guess
+from parameter names: which parameters Kaplan's N counts, and each parameter's
+learning-rate multiplier under its parametrization.
+
+Parametrizations. "sp" is the standard parametrization described in each
+family's module docstring. "mup" is the Maximal Update Parametrization for Adam
+of Tensor Programs V (Yang et al. 2022, arXiv:2203.03466), Table 3, taken
+relative to a base width W0 (``mup_base_width``) so that at W0 it is SP exactly
+and the base model's tuned learning rate carries over. With m = width / W0:
+
+  ==============  =========================  ===================  ===============
+  (Table 3)       input weights, all biases  output weights       hidden weights
+                  and norm parameters        (the head)           (D x D-like)
+  ==============  =========================  ===================  ===============
+  init variance   as SP                      SP / m  (1/fan_in^2)  as SP (1/fan_in)
+  Adam LR         x 1                        x 1/m  (1/fan_in)    x 1/m (1/fan_in)
+  ==============  =========================  ===================  ===============
+
+and, for attention (TP5 Definition 4.1), logits scaled by 1/K instead of
+1/sqrt(K) as the head dimension K grows with width, corrected to sqrt(K0) / K
+with K0 the head dimension at W0 so that W0 is SP again. Table 3 needs only
+initialisers and per-parameter learning rates (``learning_rate_multipliers``,
+applied by ``jscale.train.optim.make_optimizer``); its equivalent Table 8 would
+also put a 1/m multiplier into the forward pass. One model, no fork per
+parametrization.
 """
 
 import dataclasses
-from typing import ClassVar, Protocol
+import math
+from typing import Any, Callable, ClassVar, Protocol
 
 import flax.linen as nn
 import jax
@@ -16,6 +41,7 @@ import jax.numpy as jnp
 
 # Parameters are always float32; these are the allowed compute dtypes.
 COMPUTE_DTYPES = ("float32", "bfloat16")
+PARAMETRIZATIONS = ("sp", "mup")
 
 # Every family's output head is initialised with std HEAD_LOGIT_STD / sqrt(fan_in)
 # on unit-scale features, so initial logits have std ~HEAD_LOGIT_STD at any
@@ -41,9 +67,12 @@ class ParamCounts:
 class ModelSpec(Protocol):
   """The interface every family's frozen dataclass implements."""
   family: ClassVar[str]
+  # True for models of token sequences (text data), False for image classifiers.
+  is_language_model: ClassVar[bool]
   width: int
   depth: int
   dtype: str
+  parametrization: str  # one of PARAMETRIZATIONS (see the module docstring)
 
   def make_module(self) -> nn.Module:
     ...
@@ -59,6 +88,16 @@ class ModelSpec(Protocol):
     ...
 
   def train_flops_per_unit(self) -> float:
+    ...
+
+  def non_embedding_mask(self, params) -> Any:
+    """A pytree of bools with the structure of ``params``: True for the leaves
+    Kaplan's N (``param_counts().non_embedding``) counts."""
+    ...
+
+  def learning_rate_multipliers(self, params) -> Any:
+    """A pytree of floats with the structure of ``params``: each leaf's factor on the
+    learning rate (1.0 everywhere under "sp")."""
     ...
 
 
@@ -96,14 +135,57 @@ def normalized_input_shape(value: object) -> tuple[int, int, int]:
   return shape
 
 
+def check_parametrization(spec: ModelSpec) -> None:
+  """Validates ``parametrization`` and ``mup_base_width`` (families that offer muP)."""
+  check_choice("parametrization", spec.parametrization, PARAMETRIZATIONS)
+  check_positive_int("mup_base_width", spec.mup_base_width)
+
+
 def compute_dtype(spec: ModelSpec) -> jnp.dtype:
   return jnp.dtype(spec.dtype)
+
+
+def mup_width_ratio(spec: ModelSpec) -> float:
+  """m = width / mup_base_width under muP; 1 under SP, where nothing scales."""
+  if spec.parametrization == "mup":
+    return spec.width / spec.mup_base_width
+  return 1.0
+
+
+def head_init_std(spec: ModelSpec, fan_in: int) -> float:
+  """Output head init std: HEAD_LOGIT_STD / sqrt(fan_in), times 1/sqrt(m) under muP,
+  which makes its variance fall as 1/fan_in^2 (Table 3) and equal SP's at W0."""
+  return HEAD_LOGIT_STD / math.sqrt(fan_in) / math.sqrt(mup_width_ratio(spec))
+
+
+def map_with_names(params, value_of: Callable[[tuple[str, ...]], Any]) -> Any:
+  """A pytree with the structure of ``params`` holding ``value_of(names)`` at each leaf,
+  where ``names`` is the leaf's path of dict keys, e.g. ("block_0", "mlp", "up",
+  "kernel"). Masks and multipliers are decided by module names, never by shapes, so
+  they do not change under ``vmap`` or a leading run axis."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: value_of(tuple(str(getattr(k, "key", k)) for k in path)), params)
+
+
+def matrix_multipliers(spec: ModelSpec, params, scaled_modules: Callable[[str], bool]):
+  """Learning-rate multipliers: 1/m for the kernels of modules ``scaled_modules``
+  accepts (hidden matrices and the head), 1 for every other leaf (Table 3's Adam row)."""
+  ratio = mup_width_ratio(spec)
+
+  def multiplier(names: tuple[str, ...]) -> float:
+    if len(names) >= 2 and names[-1] == "kernel" and scaled_modules(names[-2]):
+      return 1.0 / ratio
+    return 1.0
+
+  return map_with_names(params, multiplier)
 
 
 class ImageClassifierSpec:
   """What the image classifier specs (MLP, CNN) share: validation of the image fields,
   one example per unit, and zero images as dummy inputs. Mixed into frozen dataclasses
-  that declare ``width``, ``depth``, ``input_shape``, ``num_classes`` and ``dtype``."""
+  that declare ``width``, ``depth``, ``input_shape``, ``num_classes``, ``dtype`` and
+  ``parametrization``."""
+  is_language_model: ClassVar[bool] = False
 
   def __post_init__(self):
     check_common(self)
@@ -120,3 +202,7 @@ class ImageClassifierSpec:
   def non_embedding_mask(self, params):
     """Classifiers have no embedding tables: every parameter counts in N."""
     return jax.tree.map(lambda _: True, params)
+
+  def learning_rate_multipliers(self, params):
+    """1.0 for every leaf; a family that offers muP overrides this."""
+    return jax.tree.map(lambda _: 1.0, params)

@@ -15,6 +15,14 @@ Initialisation (chosen so that behaviour at init does not drift with width):
   * the output head has std HEAD_LOGIT_STD / sqrt(D) (see ``spec``); its
     input is the final LayerNorm's unit-variance output, so initial logits
     have std ~HEAD_LOGIT_STD at every width and the loss starts at ~log(V).
+
+Under muP (``parametrization="mup"``, see ``spec`` for the table) the hidden
+matrices are the four projections of every block (qkv, out, up, down), the head
+is the output layer, and the embeddings and LayerNorms are input-like: the head
+starts smaller by sqrt(W0 / D), the projections and the head learn 1/m as fast,
+and attention logits are scaled by sqrt(K0) / K where K0 is the head dimension
+of the base model (W0 / H with a fixed head count; K itself with a fixed
+``head_dim``, which keeps SP's 1/sqrt(K) since K does not grow).
 """
 
 import dataclasses
@@ -31,6 +39,8 @@ from jscale.models import spec as spec_lib
 POSITIONS = ("rotary", "learned")
 # Parameter modules outside Kaplan's non-embedding count N.
 EMBEDDING_MODULES = ("token_embedding", "position_embedding", "head")
+# Modules whose kernels learn 1/m as fast under muP: hidden matrices and the head.
+MUP_SCALED_MODULES = ("qkv", "out", "up", "down", "head")
 ROPE_BASE = 10_000.0
 
 
@@ -41,41 +51,80 @@ class TransformerSpec:
   Attributes:
     width: d_model.
     depth: number of transformer blocks (n_layer).
-    num_heads: attention heads; must divide ``width``.
+    num_heads: attention heads; must divide ``width``. With ``head_dim`` > 0 it
+      is replaced by ``width // head_dim`` on construction.
+    head_dim: 0 to derive the head size from ``num_heads``; > 0 for a fixed head
+      size at every width (a positive divisor of ``width``, even for rotary).
+      Kept as given: it records which of the two stays fixed as width scales.
     mlp_ratio: MLP hidden width as a multiple of ``width``.
     context_length: tokens per training example (n_ctx).
     vocab_size: number of token ids (256 for bytes).
     positions: "rotary" (RoPE on queries and keys, no parameters) or "learned"
       (an added position embedding table of ``context_length`` rows).
+    parametrization: "sp" or "mup" (module docstring and ``spec``).
+    mup_base_width: muP's base width W0, where it equals SP.
     dtype: compute dtype; parameters are float32 either way.
   """
   family: ClassVar[str] = "transformer"
+  is_language_model: ClassVar[bool] = True
   width: int = 128
   depth: int = 2
   num_heads: int = 4
+  head_dim: int = 0
   mlp_ratio: int = 4
   context_length: int = 128
   vocab_size: int = 256
   positions: str = "rotary"
+  parametrization: str = "sp"
+  mup_base_width: int = 64
   dtype: str = "float32"
 
   def __post_init__(self):
     spec_lib.check_common(self)
-    for field in ("num_heads", "mlp_ratio", "context_length", "vocab_size"):
+    for field in ("mlp_ratio", "context_length", "vocab_size"):
       spec_lib.check_positive_int(field, getattr(self, field))
+    spec_lib.check_choice("positions", self.positions, POSITIONS)
+    spec_lib.check_parametrization(self)
+    if self.head_dim == 0:
+      self._check_num_heads()
+    else:
+      self._check_head_dim()
+      object.__setattr__(self, "num_heads", self.width // self.head_dim)
+
+  def _check_num_heads(self):
+    spec_lib.check_positive_int("num_heads", self.num_heads)
     if self.width % self.num_heads:
       raise ValueError(
           f"model.num_heads must divide model.width={self.width}, got"
           f" {self.num_heads}")
-    spec_lib.check_choice("positions", self.positions, POSITIONS)
     if self.positions == "rotary" and (self.width // self.num_heads) % 2:
       raise ValueError(
           "model.num_heads must leave an even head dimension for rotary"
           f" positions, got width {self.width} / {self.num_heads} heads")
 
+  def _check_head_dim(self):
+    value = self.head_dim
+    if (isinstance(value, bool) or not isinstance(value, int) or value < 0
+        or self.width % value):
+      raise ValueError(
+          "model.head_dim must be 0 (heads from model.num_heads) or a positive"
+          f" divisor of model.width={self.width}, got {value!r}")
+    if self.positions == "rotary" and value % 2:
+      raise ValueError(
+          f"model.head_dim must be even for rotary positions, got {value}")
+
   @property
-  def head_dim(self) -> int:
+  def head_size(self) -> int:
+    """K, the head dimension in use (``head_dim`` or ``width // num_heads``)."""
     return self.width // self.num_heads
+
+  @property
+  def attention_scale(self) -> float:
+    """The factor on q . k: 1/sqrt(K) under SP; sqrt(K0) / K under muP."""
+    scale = 1 / math.sqrt(self.head_size)
+    if self.head_dim == 0:  # K grows with width as W / H; at W0 it was W0 / H.
+      scale /= math.sqrt(spec_lib.mup_width_ratio(self))
+    return scale
 
   @property
   def mlp_width(self) -> int:
@@ -90,8 +139,13 @@ class TransformerSpec:
 
   def non_embedding_mask(self, params):
     """True for the leaves Kaplan's N counts: all but the embeddings and the head."""
-    return {name: jax.tree.map(lambda _, keep=name not in EMBEDDING_MODULES: keep, tree)
-            for name, tree in params.items()}
+    return spec_lib.map_with_names(
+        params, lambda names: not set(names) & set(EMBEDDING_MODULES))
+
+  def learning_rate_multipliers(self, params):
+    """1/m for the block projections' and the head's kernels under muP; else 1."""
+    return spec_lib.matrix_multipliers(
+        self, params, lambda module: module in MUP_SCALED_MODULES)
 
   def dummy_inputs(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, self.context_length), jnp.int32)
@@ -142,7 +196,7 @@ class CausalSelfAttention(nn.Module):
     dtype = spec_lib.compute_dtype(s)
     batch, length, _ = x_BxLxD.shape
     qkv_Tx3xHxK = nn.DenseGeneral(
-        (3, s.num_heads, s.head_dim), use_bias=False, dtype=dtype,
+        (3, s.num_heads, s.head_size), use_bias=False, dtype=dtype,
         kernel_init=nn.initializers.normal(1 / math.sqrt(s.width)),
         name="qkv")(_flatten_tokens(x_BxLxD))
     qkv_BxLx3xHxK = qkv_Tx3xHxK.reshape(
@@ -155,7 +209,7 @@ class CausalSelfAttention(nn.Module):
     q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (
         jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
     scores_BxHxLxL = jnp.einsum(
-        "bhlk,bhmk->bhlm", q_BxHxLxK * (1 / math.sqrt(s.head_dim)),
+        "bhlk,bhmk->bhlm", q_BxHxLxK * s.attention_scale,
         k_BxHxLxK).astype(jnp.float32)
     causal_LxL = jnp.tril(jnp.ones((length, length), bool))
     scores_BxHxLxL = jnp.where(
@@ -233,8 +287,7 @@ class Transformer(nn.Module):
     x_BxLxD = nn.LayerNorm(dtype=dtype, name="final_norm")(x_BxLxD)
     logits_TxV = nn.Dense(
         s.vocab_size, use_bias=False, dtype=dtype,
-        kernel_init=nn.initializers.normal(
-            spec_lib.HEAD_LOGIT_STD / math.sqrt(s.width)),
+        kernel_init=nn.initializers.normal(spec_lib.head_init_std(s, s.width)),
         name="head")(_flatten_tokens(x_BxLxD))
     return logits_TxV.reshape(*tokens_BxL.shape, -1).astype(jnp.float32)
 

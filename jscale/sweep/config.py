@@ -18,7 +18,8 @@ from jscale import data as data_lib
 from jscale.models.spec import COMPUTE_DTYPES
 from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+COOLDOWN_SHAPES = ("linear", "1-sqrt")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,6 +34,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head_dim = 0  # transformer: if > 0, num_heads = width // head_dim (fixed head size)
   c.model.mlp_ratio = 4  # transformer: MLP hidden size / width
   c.model.positions = "rotary"  # transformer: "rotary" or "learned"
+  # "sp" (standard) or "mup" (transformer, mlp): Tensor Programs V's muP for Adam, so that
+  # a learning rate tuned at model.mup_base_width transfers across widths (jscale.models.spec)
+  c.model.parametrization = "sp"
+  # mup: the width where muP equals SP. 64 = model.width's default, so the default run is
+  # the same under both and its tuned train.learning_rate is the muP base rate.
+  c.model.mup_base_width = 64
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shakespeare"  # one of data.CORPORA
@@ -47,8 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.global_batch = 32  # examples per update, summed over all devices and hosts
   c.train.grad_accum = 1  # micro-batches per update (global_batch must divide evenly)
   c.train.learning_rate = 3e-3  # peak learning rate
-  c.train.schedule = "cosine"  # "cosine", "linear" (decay to the floor) or "constant"
+  # "cosine", "linear" (decay to the floor), "constant", or "wsd" (warmup-stable-decay:
+  # the peak, then a cooldown to the floor over the last train.cooldown_fraction of steps)
+  c.train.schedule = "cosine"
   c.train.warmup_steps = 20  # linear warm-up from 0 to the peak
+  c.train.cooldown_fraction = 0.2  # wsd: share of train.steps spent cooling down at the end
+  c.train.cooldown_shape = "1-sqrt"  # wsd: cooldown from the peak to the floor, "linear" or
+  #                                    "1-sqrt" (Hägele et al. 2024: the better of the two)
   c.train.final_lr_fraction = 0.1  # learning-rate floor as a fraction of the peak
   c.train.b1 = 0.9  # AdamW first-moment decay
   c.train.b2 = 0.95  # AdamW second-moment decay
@@ -146,10 +158,20 @@ def _train_spec(t: ml_collections.ConfigDict) -> TrainSpec:
            f"a divisor of train.global_batch={batch}")
   _require(_is_int(t.warmup_steps) and 0 <= t.warmup_steps <= steps,
            "train.warmup_steps", t.warmup_steps, f"an integer in [0, train.steps={steps}]")
+  fraction = finite_number("train.cooldown_fraction", t.cooldown_fraction, 0, 1)
+  _require(t.cooldown_shape in COOLDOWN_SHAPES, "train.cooldown_shape", t.cooldown_shape,
+           f"one of {COOLDOWN_SHAPES}")
+  if t.schedule == "wsd":
+    cooldown = round(fraction * steps)
+    _require(steps - cooldown >= t.warmup_steps, "train.cooldown_fraction", fraction,
+             f"at most {(steps - t.warmup_steps) / steps:g}: the cooldown "
+             f"({cooldown} of train.steps={steps}) would start inside the warm-up "
+             f"(train.warmup_steps={t.warmup_steps})")
   return TrainSpec(
       seed=t.seed, steps=steps, global_batch=batch, grad_accum=accum,
       learning_rate=finite_number("train.learning_rate", t.learning_rate, 0, open_low=True),
       schedule=t.schedule, warmup_steps=t.warmup_steps,
+      cooldown_fraction=fraction, cooldown_shape=t.cooldown_shape,
       final_lr_fraction=finite_number("train.final_lr_fraction", t.final_lr_fraction, 0, 1),
       b1=finite_number("train.b1", t.b1, 0, 1, open_high=True),
       b2=finite_number("train.b2", t.b2, 0, 1, open_high=True),
@@ -213,19 +235,15 @@ def _compress_spec(c: ml_collections.ConfigDict, steps: int) -> CompressSpec:
 
 
 def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):
-  """Builds the model spec; the dataset fixes vocabulary, context and input shape."""
-  family = m.family
-  fields = {f.name for f in dataclasses.fields(models.FAMILIES[family])}
+  """Builds the model spec, which validates its fields; the dataset fixes vocabulary,
+  context and input shape. Keys of other families (num_heads for an mlp) are ignored."""
+  fields = {f.name for f in dataclasses.fields(models.FAMILIES[m.family])}
   values = dict(m.to_dict(), dtype=dtype)
-  if family == "transformer" and m.head_dim:
-    _require(isinstance(m.head_dim, int) and m.head_dim > 0 and m.width % m.head_dim == 0,
-             "model.head_dim", m.head_dim, f"a positive divisor of model.width={m.width}")
-    values["num_heads"] = m.width // m.head_dim
   if dataset.kind == "text":
     values.update(context_length=dataset.seq_len, vocab_size=dataset.vocab_size)
   else:
     values.update(input_shape=tuple(dataset.example_shape), num_classes=dataset.num_classes)
-  return models.make_spec(family, **{k: v for k, v in values.items() if k in fields})
+  return models.make_spec(m.family, **{k: v for k, v in values.items() if k in fields})
 
 
 # Keys holding a local path or a URL (gs://...); "run:<id>" teachers are not paths.
@@ -297,11 +315,12 @@ def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
     raise ValueError(f"model.family must be one of {tuple(models.FAMILIES)}, "
                      f"got {config.model.family!r}")
   dataset = dataset if dataset is not None else data_lib.load(data_spec(config))
-  language_model = config.model.family == "transformer"
-  if language_model != (dataset.kind == "text"):
+  if models.FAMILIES[config.model.family].is_language_model != (dataset.kind == "text"):
+    text = " or ".join(f for f, spec in models.FAMILIES.items() if spec.is_language_model)
+    images = " or ".join(f for f, spec in models.FAMILIES.items() if not spec.is_language_model)
     raise ValueError(
         f"model.family {config.model.family!r} does not fit data.name {config.data.name!r} "
-        f"({dataset.kind} data); use transformer for text and mlp or cnn for images")
+        f"({dataset.kind} data); use {text} for text and {images} for images")
   return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
                  data=data_spec(config), train=train,
                  checkpoint=_checkpoint_spec(config.checkpoint),

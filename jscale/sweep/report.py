@@ -1,22 +1,96 @@
-"""After a sweep: the fitted law (``fit.json``) and PNG plots in ``DIR/plots/``.
+"""After a sweep: the fitted laws (``fit.json``) and every PNG plot in ``DIR/plots/``.
 
-Plots: validation loss against training compute, one curve per model size (from each
-run's eval records) with the lower envelope as the empirical compute frontier; final
-validation loss against non-embedding parameters; IsoFLOP curves when the sweep has
-compute budgets.
+``analysis`` computes the fits; this module writes them and draws all of the sweep's
+plots, using ``jscale.fit.plots`` for the generic ones:
+
+  fit.png, frontier.png  the dense law against the data (``jscale.fit.plot_fit``)
+  sparsity.png           loss vs non-zero parameters per sparsity, with the sparsity law
+  quantization.png       per-size float vs int8 / int4 loss, with the dense law
+  isoflop_fit.png        Approach 2: the IsoFLOP profiles and the N*(C) frontier
+  loss_vs_compute.png    eval curves per run, their lower envelope and L(C) fitted to it
+  loss_vs_params.png     final loss vs non-zero non-embedding parameters
+  isoflop.png            the IsoFLOP profiles of the planned budgets (drawn even when
+                         Approach 2 cannot be fitted)
 """
 
 import collections
 import json
+import os
 
-import matplotlib
+import numpy as np
+from etils import epath
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from etils import epath  # noqa: E402
+from jscale import fit as fit_lib
+from jscale.fit import plots
+from jscale.sweep import analysis
+from jscale.sweep.results import read_result, run_dir
 
-from jscale.sweep.results import read_result, run_dir  # noqa: E402
+
+def plot_sparsity(result: fit_lib.FitResult, path: str) -> str:
+  """Loss vs non-zero parameters, one colour per sparsity, with the fitted sparsity law
+  (at the median D)."""
+  cols = result.columns
+  fig = Figure(figsize=(6.5, 4.5))
+  ax = fig.subplots()
+  grid = np.geomspace(cols["N"].min() / 2, cols["N"].max() * 2, 100)
+  for i, level in enumerate(np.unique(cols["S"])):
+    rows = cols["S"] == level
+    colour = f"C{i}"
+    ax.scatter(cols["N"][rows], cols["loss"][rows], s=14, color=colour, label=f"S = {level:g}")
+    curve = {"S": np.full(grid.size, level), "N": grid,
+             "D": np.full(grid.size, np.median(cols.get("D", [1.0])))}
+    ax.plot(grid, fit_lib.predict(result, curve), "-", color=colour, lw=1)
+  ax.set(xscale="log", yscale="log", xlabel="non-zero non-embedding parameters",
+         ylabel="validation loss", title=f"{result.law} fit")
+  ax.legend()
+  return plots.save(fig, path)
+
+
+def plot_quantization(result: fit_lib.FitResult, path: str) -> str:
+  """Per-size mean loss in float and after int8 / int4 post-training quantization (the
+  ``ptq`` section), with the dense law."""
+  cols = result.columns
+  fig = Figure(figsize=(6.5, 4.5))
+  ax = fig.subplots()
+  grid = np.geomspace(cols["N"].min() / 2, cols["N"].max() * 2, 100)
+  curve = {"N": grid, "D": np.full(grid.size, np.median(cols["D"]))}
+  ax.plot(grid, fit_lib.predict(result, curve), "k-", lw=1, label=f"dense {result.law}")
+  for i, (bits, ptq) in enumerate(result.sections["ptq"].items()):
+    sizes = [row["params_non_embedding"] for row in ptq["per_size"]]
+    if i == 0:
+      ax.plot(sizes, [row["loss_float"] for row in ptq["per_size"]], "o", color="C0",
+              label="float")
+    ax.plot(sizes, [row["loss_quantized"] for row in ptq["per_size"]], "s", color=f"C{i + 1}",
+            label=bits)
+  ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters",
+         ylabel="validation loss", title="post-training quantization")
+  ax.legend()
+  return plots.save(fig, path)
+
+
+def write_fit(fitted: analysis.SweepFit, out_dir: str) -> fit_lib.FitResult:
+  """Writes out_dir/fit.json and the plots of the fits; returns the main fit."""
+  result = fitted.result
+  fit_lib.write_json(result, os.path.join(out_dir, "fit.json"))
+  plot_dir = os.path.join(out_dir, "plots")
+  fit_lib.plot_fit(result, plot_dir)
+  if fitted.sparsity is not None:
+    plot_sparsity(fitted.sparsity, os.path.join(plot_dir, "sparsity.png"))
+  if result.sections.get("ptq"):
+    plot_quantization(result, os.path.join(plot_dir, "quantization.png"))
+  if fitted.isoflop is not None:
+    plots.plot_isoflop(fitted.isoflop, os.path.join(plot_dir, "isoflop_fit.png"))
+  return result
+
+
+def fit_sweep_results(results_csv_path: str, out_dir: str, *, bootstrap: int = 100,
+                      seed: int = 0, law: str | None = None) -> fit_lib.FitResult:
+  """Fits a sweep's results.csv (``analysis.fit_results``) and writes out_dir/fit.json
+  and out_dir/plots/ (the fit.json keys are documented in README.md)."""
+  sweep = analysis.read_results(results_csv_path)
+  return write_fit(analysis.fit_results(sweep, bootstrap=bootstrap, seed=seed, law=law),
+                   out_dir)
 
 
 def _eval_curve(folder: epath.Path, flops_per_step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -29,19 +103,17 @@ def _eval_curve(folder: epath.Path, flops_per_step: float) -> tuple[np.ndarray, 
 
 def _frontier(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
   """Lower envelope of all (compute, loss) points: the best loss reached at <= C."""
-  points = sorted((c, l) for xs, ys in curves for c, l in zip(xs, ys))
+  points = sorted((c, loss) for xs, ys in curves for c, loss in zip(xs, ys))
   best, front = np.inf, []
-  for c, l in points:
-    if l < best:
-      best = l
-      front.append((c, l))
+  for c, loss in points:
+    if loss < best:
+      best = loss
+      front.append((c, loss))
   return tuple(np.array(v) for v in zip(*front)) if front else (np.array([]), np.array([]))
 
 
-def _fitted_frontier(fx: np.ndarray, fy: np.ndarray):
+def _fitted_frontier(fx: np.ndarray, fy: np.ndarray) -> fit_lib.FitResult | None:
   """L(C) = E + (C_c / C)^alpha fitted to the frontier points, or None if too few."""
-  from jscale import fit as fit_lib  # noqa: PLC0415
-
   if fx.size < 4:
     return None
   try:
@@ -53,7 +125,8 @@ def _fitted_frontier(fx: np.ndarray, fy: np.ndarray):
 def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path):
   """Eval curves per run, their lower envelope and the L(C) law fitted to it; returns
   that fit (or None)."""
-  fig, ax = plt.subplots(figsize=(7, 5))
+  fig = Figure(figsize=(7, 5))
+  ax = fig.subplots()
   curves = []
   for run in runs:
     result = read_result(run_dir(workdir, run.run_id))
@@ -77,14 +150,14 @@ def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path):
   ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return frontier_fit
 
 
 def plot_loss_vs_params(rows: list[dict], path: epath.Path) -> None:
-  """Final validation loss against non-embedding parameters, one series per token count
-  and compression variant (the fitted law's own plot is the fitter's)."""
-  fig, ax = plt.subplots(figsize=(7, 5))
+  """Final validation loss against non-zero non-embedding parameters, one series per
+  token count and compression variant (the fitted law's own plot is fit.png)."""
+  fig = Figure(figsize=(7, 5))
+  ax = fig.subplots()
   series = collections.defaultdict(list)
   for r in rows:
     series[(r["tokens"], r.get("compress", "none"))].append(
@@ -97,23 +170,19 @@ def plot_loss_vs_params(rows: list[dict], path: epath.Path) -> None:
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
-def plot_isoflop(rows: list[dict], budgets: dict, path: epath.Path) -> None:
-  fig, ax = plt.subplots(figsize=(7, 5))
-  groups = collections.defaultdict(list)
-  for r in rows:
-    groups[budgets[r["run_id"]]].append((r["params_non_embedding"], r["val_loss"]))
-  for budget, points in sorted(groups.items()):
-    n, loss = zip(*sorted(points))
-    ax.plot(n, loss, "o-", label=f"C={budget:.3g}")
-  ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss (nats)",
-         title="IsoFLOP profiles")
-  ax.legend(fontsize=7)
+def plot_isoflop_profiles(rows: list[dict], budgets: dict, path: epath.Path) -> None:
+  """The runs' IsoFLOP profiles, grouped by their planned budget (``budgets``: run id ->
+  FLOPs), drawn as ``isoflop_fit.png`` draws them."""
+  fig = Figure(figsize=(7, 5))
+  ax = fig.subplots()
+  plots.draw_isoflop_profiles(ax, [budgets[r["run_id"]] for r in rows],
+                              [r["params_non_embedding"] for r in rows],
+                              [r["val_loss"] for r in rows])
+  ax.set(xlabel="non-embedding parameters N", ylabel="validation loss (nats)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def _done_rows(workdir: epath.Path, runs) -> list[dict]:
@@ -127,30 +196,28 @@ def _done_rows(workdir: epath.Path, runs) -> list[dict]:
 
 def write_report(workdir: epath.PathLike, runs, *, bootstrap: int):
   """Fits the sweep's results, writes fit.json and the plots; returns the fit summary."""
-  from jscale import fit as fit_lib  # the fitter compiles float64 programs: import late
-
   workdir = epath.Path(workdir)
-  plots = workdir / "plots"
-  plots.mkdir(parents=True, exist_ok=True)
+  plot_dir = workdir / "plots"
+  plot_dir.mkdir(parents=True, exist_ok=True)
   rows = _done_rows(workdir, runs)
   excluded = len(runs) - len(rows)
   if excluded:
     print(f"fit: {excluded} runs excluded (diverged or failed)")
   result = None
   try:
-    result = fit_lib.fit_sweep_results(str(workdir / "results.csv"), str(workdir),
-                                       bootstrap=bootstrap, seed=0)
-    print(fit_lib.summary(result), flush=True)
+    result = fit_sweep_results(str(workdir / "results.csv"), str(workdir), bootstrap=bootstrap,
+                               seed=0)
+    print(analysis.summary(result), flush=True)
   except ValueError as e:
     print(f"fit: not fitted ({e})", flush=True)
-  frontier = plot_loss_vs_compute(workdir, runs, plots / "loss_vs_compute.png")
+  frontier = plot_loss_vs_compute(workdir, runs, plot_dir / "loss_vs_compute.png")
   if frontier is not None:
     p = frontier.params
     print(f"compute frontier: L(C) = {p['E']:.4g} + ({p['C_c']:.4g} / C)^{p['alpha_C']:.4f} "
           f"fitted to {frontier.n_points} lower-envelope points", flush=True)
-  plot_loss_vs_params(rows, plots / "loss_vs_params.png")
+  plot_loss_vs_params(rows, plot_dir / "loss_vs_params.png")
   budgets = {r.run_id: r.budget for r in runs if r.budget is not None}
   if budgets:
-    plot_isoflop([r for r in rows if r["run_id"] in budgets], budgets,
-                 plots / "isoflop.png")
+    plot_isoflop_profiles([r for r in rows if r["run_id"] in budgets], budgets,
+                          plot_dir / "isoflop.png")
   return result

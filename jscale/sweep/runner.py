@@ -7,6 +7,8 @@ runs i, i+K, ... of the plan, so every run is trained exactly once.
 
 import dataclasses
 import errno
+import hashlib
+import json
 import math
 import os
 import re
@@ -166,19 +168,35 @@ def _start_point(workdir: epath.Path, run: plan_lib.PlannedRun) -> StartPoint | 
   return StartPoint(run_dir(workdir, run.trunk_id), run.branch_step)
 
 
-def training_units(todo: list, dataset, dp, batch_runs: str) -> list[list]:
+def _phase(run: plan_lib.PlannedRun) -> int:
+  """Runs that start from another run's result come after it: trunks and independent runs
+  first, then branches, then distilled students."""
+  return 2 if run.teacher_id else 1 if run.trunk_id else 0
+
+
+def _shape_name(run: plan_lib.PlannedRun) -> str:
+  return hashlib.sha256(repr(grouping.shape_key(run.spec)).encode()).hexdigest()[:12]
+
+
+def training_units(todo: list, dataset, dp, batch_runs: str,
+                   decisions: dict[str, bool] | None = None) -> list[list]:
   """Runs in the order they are trained; runs that share a shape are trained together
   (one list) when ``batch_runs`` is "always", or "auto" and a quick measurement on this
-  machine says batching pays."""
+  machine says batching pays. A unit never holds a run and one it starts from.
+
+  ``decisions`` (shape -> batched?) holds the measured choices of earlier processes and
+  receives the new ones: a resumed sweep decides as it did the first time, so its numbers
+  are the same (batched and alone agree to rtol 1e-5, not bit for bit)."""
   if batch_runs == "never":
     return [[r] for r in todo]
-  units, decisions = [], {}
-  for group in grouping.group_runs([r.spec for r in todo]):
-    members = [todo[i] for i in group]
+  units, decisions = [], decisions if decisions is not None else {}
+  phases = [[r for r in todo if _phase(r) == phase] for phase in range(3)]
+  for phase, group in ((p, g) for p in phases for g in grouping.group_runs([r.spec for r in p])):
+    members = [phase[i] for i in group]
     if len(members) < 2 or any(r.spec.compress.order or r.teacher_id for r in members):
       units += [[r] for r in members]
       continue
-    key = grouping.shape_key(members[0].spec)
+    key = _shape_name(members[0])
     if batch_runs == "always":
       decisions[key] = True
     if key not in decisions:
@@ -269,7 +287,11 @@ def run_sweep(config, options: SweepOptions,
   print(f"sweep: {len(runs)} runs planned, {len(mine)} for worker {index}/{count}, "
         f"{len(mine) - len(todo)} finished already", flush=True)
 
-  units = training_units(todo, dataset, dp, options.batch_runs)
+  decisions_path = workdir / "batching.json"
+  decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
+  units = training_units(todo, dataset, dp, options.batch_runs, decisions)
+  if options.batch_runs == "auto" and decisions:
+    write_json_atomic(decisions_path, decisions)
   started, done_flops = time.perf_counter(), [0.0]
   remaining = [sum(r.cost_flops for r in todo)]
   n = 0

@@ -80,6 +80,7 @@ _NO_CHECKPOINT = CheckpointSpec(every=1, keep=1, async_save=False)  # the step n
 def _template(t: TrainSpec) -> TrainSpec:
   """``t`` with every per-run field neutralised: the cache key of a group's step."""
   return dataclasses.replace(t, seed=0, steps=1, learning_rate=1.0, schedule="constant",
+                             cooldown_fraction=0.0, cooldown_shape="linear",
                              warmup_steps=0, final_lr_fraction=0.0, weight_decay=0.0,
                              eval_every=1, log_every=1, peak_flops=0.0)
 

@@ -19,6 +19,8 @@ class TrainSpec:
   learning_rate: float
   schedule: str
   warmup_steps: int
+  cooldown_fraction: float
+  cooldown_shape: str
   final_lr_fraction: float
   b1: float
   b2: float
