@@ -21,7 +21,9 @@ COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_ra
            "train_loss", "val_loss", "val_bpb", "val_accuracy", "diverged_step", "compress",
            "sparsity", "compute_dtype", "teacher", "params_nonzero_non_embedding", "weight_bytes",
            "val_loss_int8", "val_loss_int4", "weight_bytes_int8", "weight_bytes_int4", "trunk",
-           "branch_step")
+           "branch_step", "selected")
+# ``selected``: whether the sweep's law uses the row (sweep.select): finished runs that are
+# not trunks, and under "best_per_point" only the best learning rate of each point.
 # ``trunk`` and ``branch_step``: a branch's trunk run and the step it started from; a trunk
 # is the run some other row names as its trunk (not a point of any law: it never cooled down).
 # Timings (wall time, tokens/s, MFU) stay in each result.json: the table holds only
@@ -66,8 +68,27 @@ def row(run_id: str, config: dict, result: dict) -> dict:
   return {k: ("" if values.get(k) is None else values[k]) for k in COLUMNS}
 
 
-def collect(workdir: epath.PathLike) -> list[dict]:
-  """One row per run folder that has a result, ordered by compute then id."""
+# What a point of a law is: a row's columns but its learning rate (and its own outcome).
+_POINT = ("family", "width", "depth", "seed", "budget", "tokens", "compress", "sparsity",
+          "compute_dtype", "teacher")
+
+
+def _mark_selected(rows: list[dict], select: str) -> None:
+  trunks = {r["trunk"] for r in rows if r["trunk"]}
+  candidates = [r for r in rows if r["status"] == "done" and r["run_id"] not in trunks]
+  best = {}
+  for r in candidates:
+    key = tuple(r[k] for k in _POINT) if select == "best_per_point" else r["run_id"]
+    if key not in best or float(r["val_loss"]) < float(best[key]["val_loss"]):
+      best[key] = r
+  chosen = {r["run_id"] for r in best.values()}
+  for r in rows:
+    r["selected"] = r["run_id"] in chosen
+
+
+def collect(workdir: epath.PathLike, select: str = "all") -> list[dict]:
+  """One row per run folder that has a result, ordered by compute then id, each marked
+  ``selected`` by the rule ``select`` (see sweep.select)."""
   rows = []
   runs = epath.Path(workdir) / "runs"
   for folder in sorted(runs.iterdir()) if runs.exists() else []:
@@ -75,14 +96,15 @@ def collect(workdir: epath.PathLike) -> list[dict]:
     if result is not None:
       config = json.loads((folder / "config.json").read_text())
       rows.append(row(folder.name, config, result))
+  _mark_selected(rows, select)
   return sorted(rows, key=lambda r: (float(r["flops"] or 0), r["run_id"]))
 
 
-def write_results_csv(workdir: epath.PathLike) -> epath.Path:
+def write_results_csv(workdir: epath.PathLike, select: str = "all") -> epath.Path:
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
   writer.writeheader()
-  writer.writerows(collect(workdir))
+  writer.writerows(collect(workdir, select))
   path = epath.Path(workdir) / "results.csv"
   write_text_atomic(path, out.getvalue())
   return path

@@ -322,12 +322,12 @@ def run_sweep(config, options: SweepOptions,
             + (f" val_loss {loss:.4f}" if loss is not None else "")
             + (f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else ""),
             flush=True)
-    write_results_csv(workdir)
+    write_results_csv(workdir, sweep.select)
     if preempted:
       print("rerun the same command to resume", flush=True)
       return "preempted"
 
-  write_results_csv(workdir)
+  write_results_csv(workdir, sweep.select)
   missing = [r for r in runs if read_result(run_dir(workdir, r.run_id)) is None]
   if missing:
     print(f"{len(missing)} runs of other workers not finished yet; the last worker to finish "

@@ -8,6 +8,7 @@ import ml_collections
 from jscale.sweep.config import finite_number
 
 PRECISIONS = ("float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq")
+SELECTIONS = ("all", "best_per_point")
 
 
 def sweep_section() -> ml_collections.ConfigDict:
@@ -36,6 +37,9 @@ def sweep_section() -> ml_collections.ConfigDict:
   s.precisions = ()  # "float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq"
   s.distill_from_largest = False  # add a student of each smaller dense size, taught by the
   #                                 largest dense run of the sweep (compress.distill settings)
+  s.select = "all"  # rows the law is fitted to: "all", or "best_per_point" (at each point,
+  #                   the learning rate with the lowest val_loss; the others stay in
+  #                   results.csv with selected=False)
   s.pinned = ()  # run keys ("model.width", ...) no axis may set; see the docstring
   s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
   s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
@@ -69,6 +73,7 @@ class SweepSpec:
   sparsities: tuple[float, ...] = ()
   precisions: tuple[str, ...] = ()
   distill_from_largest: bool = False
+  select: str = "all"
   pinned: tuple[str, ...] = ()
   min_steps: int = 20
   bootstrap: int = 100
@@ -105,6 +110,8 @@ def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
   for precision in s.precisions:
     if precision not in PRECISIONS:
       raise ValueError(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
+  if s.select not in SELECTIONS:
+    raise ValueError(f"sweep.select must be one of {SELECTIONS}, got {s.select!r}")
   if not isinstance(s.distill_from_largest, bool):
     raise ValueError("sweep.distill_from_largest must be True or False, got "
                      f"{s.distill_from_largest!r}")
@@ -115,6 +122,7 @@ def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
       budgets=_amounts(s.budgets, "budgets"),
       sparsities=_axis(s.sparsities, "sparsities", float),
       precisions=tuple(s.precisions), distill_from_largest=s.distill_from_largest,
+      select=s.select,
       pinned=tuple(str(k) for k in s.pinned),
       min_steps=_count("min_steps", s.min_steps, 0),
       bootstrap=_count("bootstrap", s.bootstrap, 0),
