@@ -386,3 +386,16 @@ def test_a_resumed_sweep_reuses_the_recorded_batching_decisions():
   flipped = {name: not batched for name in decisions}  # as if an earlier process chose so
   again = runner.training_units(runs, dataset, dp, "auto", flipped)
   assert [len(u) for u in again] == ([1, 1, 1] if batched else [3])
+
+
+def test_keys_added_later_keep_the_ids_of_existing_runs():
+  # Ids of the smoke sweep as workdirs written before the wsd, muP and keep_steps keys
+  # hold them: adding a key at its default must not retrain (or orphan) their runs.
+  c = smoke_config()
+  runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), data_lib.load(
+      config_lib.data_spec(c)))
+  assert sorted(r.run_id for r in runs) == ["1b7bfb299dbf", "43bf8ee06dc9", "9c276441bb05"]
+  c.train.cooldown_fraction = 0.3  # a real change of a later key: new runs
+  changed = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), data_lib.load(
+      config_lib.data_spec(c)))
+  assert not {r.run_id for r in changed} & {r.run_id for r in runs}

@@ -35,8 +35,9 @@ _NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "k
               ("checkpoint", "async_save"), ("checkpoint", "keep_steps")}
 # Keys added after run ids were first defined, with their defaults: left out of the id
 # while they hold the default, so the runs of existing workdirs keep their ids.
-_LATER_KEYS: dict[tuple[str, str], object] = {("train", "cooldown_fraction"): 0.2,
-                                              ("train", "cooldown_shape"): "1-sqrt"}
+_LATER_KEYS: dict[tuple[str, str], object] = {
+    ("train", "cooldown_fraction"): 0.2, ("train", "cooldown_shape"): "1-sqrt",
+    ("model", "parametrization"): "sp", ("model", "mup_base_width"): 64}
 # Fields that must agree across one workdir: results measured under different values
 # would be silently incomparable.
 COMPARABLE_FIELDS = ("model.family", "data.name", "data.seq_len", "data.validation_fraction",
