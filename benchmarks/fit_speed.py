@@ -14,12 +14,12 @@ import os
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from scipy import optimize as scipy_optimize
 
 from jscale import fit as fit_lib
-from jscale.fit import registry
-from jscale.fit import table
+from jscale.fit import registry, table
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/chinchilla_epoch_replication.csv"
 
@@ -40,7 +40,8 @@ SCIPY_OPTIONS = {"ftol": 1e-12, "gtol": 1e-8}
 
 def _scipy_reference(points, starts):
   """Reference: L-BFGS-B per start in float64, analytic gradient, SCIPY_OPTIONS."""
-  log_n, log_d, log_l = np.log(points["N"]), np.log(points["C"] / (6 * points["N"])), np.log(points["loss"])
+  log_n, log_l = np.log(points["N"]), np.log(points["loss"])
+  log_d = np.log(points["C"] / (6 * points["N"]))
   delta = 1e-3
 
   def value_grad(theta):
@@ -52,7 +53,8 @@ def _scipy_reference(points, starts):
     r = top + np.log(total) - log_l
     value = np.sum(np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)))
     dr = np.clip(r, -delta, delta) * weights / total
-    grad = np.array([dr[0].sum(), dr[1].sum(), dr[2].sum(), -(dr[0] * log_n).sum(), -(dr[1] * log_d).sum()])
+    grad = np.array([dr[0].sum(), dr[1].sum(), dr[2].sum(), -(dr[0] * log_n).sum(),
+                     -(dr[1] * log_d).sum()])
     return value, grad
 
   best = None
@@ -69,10 +71,10 @@ def main():
   parser.add_argument("--bootstrap", type=int, default=100)
   parser.add_argument("--skip_scipy", action="store_true")
   parser.add_argument("--compilation_cache", default="",
-                      help="JAX persistent compilation cache directory (default: none, a cold compile)")
+                      help="JAX persistent compilation cache directory (default: none, a cold "
+                           "compile)")
   args = parser.parse_args()
   if args.compilation_cache:
-    import jax  # noqa: PLC0415  (only configured when asked for)
     jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   print(f"load average at start {os.getloadavg()}; {os.cpu_count()} CPUs; "
@@ -90,7 +92,8 @@ def main():
     steady_times.append(time.perf_counter() - t0)
   fit_seconds = float(np.median(steady_times))
   print(f"jscale: objective {steady.objective:.9g} alpha {steady.params['alpha']:.5f} "
-        f"beta {steady.params['beta']:.5f} first call {first_seconds:.2f}s (first objective {first.objective:.9g}) "
+        f"beta {steady.params['beta']:.5f} first call {first_seconds:.2f}s "
+        f"(first objective {first.objective:.9g}) "
         f"steady median {fit_seconds:.3f}s (min {min(steady_times):.3f}s of 5)")
 
   bootstrap_seconds = float("nan")
@@ -106,11 +109,13 @@ def main():
     t0 = time.perf_counter()
     ref = _scipy_reference(points, starts)
     scipy_seconds = time.perf_counter() - t0
-    print(f"scipy L-BFGS-B, analytic gradient, {SCIPY_OPTIONS}, {len(starts)} starts: objective {ref.fun:.9g} "
+    print(f"scipy L-BFGS-B, analytic gradient, {SCIPY_OPTIONS}, {len(starts)} starts: "
+          f"objective {ref.fun:.9g} "
           f"alpha {ref.x[3]:.5f} beta {ref.x[4]:.5f} in {scipy_seconds:.1f}s")
   print(f"load average at end {os.getloadavg()}")
   print(f"fit_speedup={scipy_seconds / fit_seconds:.1f} fit_seconds={fit_seconds:.2f} "
-        f"compile_seconds={first_seconds - fit_seconds:.2f} total_first_fit_seconds={first_seconds:.2f} "
+        f"compile_seconds={first_seconds - fit_seconds:.2f} "
+        f"total_first_fit_seconds={first_seconds:.2f} "
         f"bootstrap_seconds={bootstrap_seconds:.1f} scipy_seconds={scipy_seconds:.1f}")
 
 

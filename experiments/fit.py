@@ -14,42 +14,51 @@ fresh process, about 15 s more for 100 full-grid bootstrap resamples (BUILD_NOTE
 import math
 import os
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 from experiments import cli
 from jscale import fit as fit_lib
-from jscale.sweep.config import absolute_path
-from jscale.fit import api as fit_api
 from jscale.fit import table
+from jscale.sweep import analysis, report
+from jscale.sweep.config import absolute_path
 from jscale.sweep.results import read_comparable
 
 _CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: reads results.csv, writes fit.json and plots/.")
-_LAW = flags.DEFINE_string("law", None, "chinchilla, isoflop, kaplan_n, kaplan_d, kaplan_c, kaplan_nd, sparsity, "
-                           "sparsity_n, precision, distillation (or any registered law); default chinchilla, "
-                           "or chosen from the sweep with --workdir.")
-_IRREDUCIBLE = flags.DEFINE_bool("irreducible", False, "Add the irreducible term E to kaplan_n/d/c.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Sweep directory: reads results.csv, writes fit.json and plots/.")
+_LAW = flags.DEFINE_string("law", None,
+                           "chinchilla, isoflop, kaplan_n, kaplan_d, kaplan_c, kaplan_nd, "
+                           "sparsity, sparsity_n, precision, distillation (or any registered "
+                           "law); default chinchilla, or chosen from the sweep with --workdir.")
+_IRREDUCIBLE = flags.DEFINE_bool("irreducible", False,
+                                  "Add the irreducible term E to kaplan_n/d/c.")
 _N_COL = flags.DEFINE_string("n_col", None, "Column of non-embedding parameters N.")
 _D_COL = flags.DEFINE_string("d_col", None, "Column of training tokens D.")
-_C_COL = flags.DEFINE_string("c_col", None, "Column of training FLOPs C (D = C / 6N when D is not given).")
-_S_COL = flags.DEFINE_string("s_col", None, "Column of sparsity S in [0, 1) (sparsity laws; N is then non-zero).")
-_P_COL = flags.DEFINE_string("p_col", None, "Column of post-training precision P in bits (precision law).")
+_C_COL = flags.DEFINE_string("c_col", None,
+                             "Column of training FLOPs C (D = C / 6N when D is not given).")
+_S_COL = flags.DEFINE_string("s_col", None,
+                             "Column of sparsity S in [0, 1) (sparsity laws; N is then non-zero).")
+_P_COL = flags.DEFINE_string("p_col", None,
+                             "Column of post-training precision P in bits (precision law).")
 _T_COL = flags.DEFINE_string("t_col", None, "Column of the teacher's loss T (distillation law).")
 _LOSS_COL = flags.DEFINE_string("loss_col", "loss", "Column of final losses.")
 _DROP = flags.DEFINE_integer("drop_highest_loss", 0, "Drop the rows with the k highest losses.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples (0 for none).")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
-_COMPUTE = flags.DEFINE_float("compute", None, "FLOP budget for the compute-optimal allocation (chinchilla).")
+_COMPUTE = flags.DEFINE_float("compute", None,
+                              "FLOP budget for the compute-optimal allocation (chinchilla).")
 _DELTA = flags.DEFINE_float("huber_delta", 1e-3, "Huber threshold on log residuals.")
-_REDUCTION = flags.DEFINE_enum("reduction", "sum", ["sum", "mean"], "Sum or mean of per-point losses.")
+_REDUCTION = flags.DEFINE_enum("reduction", "sum", ["sum", "mean"],
+                               "Sum or mean of per-point losses.")
 _RESIDUAL = flags.DEFINE_enum("residual", "log", ["log", "linear"],
                               "Huber on log L_hat - log L (log) or on L_hat - L (linear).")
-_FULL = flags.DEFINE_bool("all_starts_to_convergence", False, "Run every start to the end (no pruning).")
+_FULL = flags.DEFINE_bool("all_starts_to_convergence", False,
+                          "Run every start to the end (no pruning).")
 _HOLDOUT_COL = flags.DEFINE_enum("holdout_covariate", None, ["N", "D", "C", "S", "P", "T"],
                                  "Extrapolation check covariate.")
-_HOLDOUT_AT = flags.DEFINE_float("holdout_above", None, "Fit on points <= this value, report error above.")
+_HOLDOUT_AT = flags.DEFINE_float("holdout_above", None,
+                                 "Fit on points <= this value, report error above.")
 _OUT = flags.DEFINE_string("out", "fit.json", "Where to write fit.json (with --csv).")
 _PLOTS = flags.DEFINE_string("plots", None, "Directory for PNG plots (default: next to --out).")
 
@@ -66,14 +75,13 @@ def _law_name() -> str:
 
 
 def _columns(cells) -> dict[str, np.ndarray]:
-  # A jscale results.csv counts FLOPs by jscale.models.flops, not 6ND: nothing may be derived from C.
-  jscale_table = {"run_id", "params_non_embedding", "tokens", "flops"} <= set(cells)
-  if jscale_table and _C_COL.value and not (_N_COL.value and _D_COL.value):
-    raise ValueError(f"--c_col={_C_COL.value} on a jscale results table needs --n_col=params_non_embedding "
-                     "and --d_col=tokens too: its FLOPs follow jscale.models.flops, not C = 6ND, so N and D "
-                     "cannot be derived from C")
-  names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "P": _P_COL.value, "T": _T_COL.value,
-           "loss": _LOSS_COL.value}
+  if (analysis.is_results_table(cells) and _C_COL.value
+      and not (_N_COL.value and _D_COL.value)):
+    raise ValueError(f"--c_col={_C_COL.value} on a jscale results table needs "
+                     "--n_col=params_non_embedding and --d_col=tokens too: its FLOPs follow "
+                     "jscale.models.flops, not C = 6ND, so N and D cannot be derived from C")
+  names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "P": _P_COL.value,
+           "T": _T_COL.value, "loss": _LOSS_COL.value}
   cols = {key: table.positive_column(cells, name) for key, name in names.items() if name}
   if _S_COL.value:
     cols["S"] = table.check_fraction(_S_COL.value, table.float_column(cells, _S_COL.value))
@@ -99,13 +107,13 @@ def _check_numbers() -> None:
 
 def _check_identifiable(law: str, cols: dict[str, np.ndarray]) -> None:
   """A law fitted along a constant covariate has no unique answer: refuse it."""
-  if law == fit_api.ISOFLOP:
+  if law == fit_lib.ISOFLOP:
     return
   spec = fit_lib.registry.get(law)
   names = {"N": _N_COL.value, "D": _D_COL.value or _C_COL.value, "C": _C_COL.value,
            "S": _S_COL.value, "P": _P_COL.value, "T": _T_COL.value}
   table.check_identifiable(law, spec.covariates, spec.n_params,
-                           fit_api.complete_columns(spec.covariates, cols), names)
+                           fit_lib.complete_columns(spec.covariates, cols), names)
 
 
 def _check_sweep_workdir(workdir: str) -> str:
@@ -135,16 +143,15 @@ def main(argv):
     workdir = absolute_path(_WORKDIR.value)
     results_csv = _check_sweep_workdir(workdir)
     law = _law_name() if _LAW.value else None
-    cells = table.read_csv(results_csv)  # a damaged table fails here, naming the file
-    if law == fit_api.ISOFLOP and not any(cells.get("budget", ())):
+    sweep = analysis.read_results(results_csv)  # a damaged table fails here, naming the file
+    if law == fit_lib.ISOFLOP and not sweep.has_budgets():
       raise ValueError(f"--law=isoflop needs IsoFLOP budgets but {results_csv} has no budget "
                        "values; plan the sweep with sweep.budgets")
-    result = fit_lib.fit_sweep_results(results_csv, workdir, bootstrap=_BOOTSTRAP.value,
-                                       seed=_SEED.value, law=law)
-    print(fit_lib.summary(result))
+    fitted = analysis.fit_results(sweep, bootstrap=_BOOTSTRAP.value, seed=_SEED.value, law=law)
+    print(analysis.summary(report.write_fit(fitted, workdir)))
     return
   law = _law_name()
-  if law == fit_api.ISOFLOP and not _C_COL.value:
+  if law == fit_lib.ISOFLOP and not _C_COL.value:
     raise ValueError("--law=isoflop needs the budget column: give --c_col (the FLOP budget "
                      "of each IsoFLOP profile)")
   out = absolute_path(_OUT.value)
@@ -153,9 +160,9 @@ def main(argv):
   cli.check_writable_folder("--plots", plots)
   cols = _columns(table.read_csv(absolute_path(_CSV.value)))
   _check_identifiable(law, cols)
-  result = fit_lib.fit(law, cols, huber_delta=_DELTA.value, bootstrap=_BOOTSTRAP.value, seed=_SEED.value,
-                       compute=_COMPUTE.value, reduction=_REDUCTION.value, prune=not _FULL.value,
-                       holdout=holdout, residual=_RESIDUAL.value)
+  result = fit_lib.fit(law, cols, huber_delta=_DELTA.value, bootstrap=_BOOTSTRAP.value,
+                       seed=_SEED.value, compute=_COMPUTE.value, reduction=_REDUCTION.value,
+                       prune=not _FULL.value, holdout=holdout, residual=_RESIDUAL.value)
   fit_lib.write_json(result, out)
   fit_lib.plot_fit(result, plots)
   print(fit_lib.summary(result))
