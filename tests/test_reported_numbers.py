@@ -22,6 +22,7 @@ from scipy import optimize
 
 from jscale import data as data_lib
 from jscale import fit as fit_lib
+from jscale.sweep import report
 from jscale.sweep import config as config_lib
 from jscale.sweep import results as results_lib
 from jscale.sweep.restore import restore_params
@@ -99,7 +100,7 @@ def _write_results_csv(path, *, budgets: bool) -> None:
 
 def test_sweep_isoflop_section_uses_the_runs_tokens(tmp_path):
   _write_results_csv(tmp_path / "results.csv", budgets=True)
-  fit_lib.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0)
+  report.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0)
   iso = json.loads((tmp_path / "fit.json").read_text())["isoflop"]
   _assert_frontier(iso["d_opt"], _true_d_opt)
 

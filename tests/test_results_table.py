@@ -2,7 +2,7 @@
 
 import json
 
-from jscale.sweep import results
+from jscale.sweep import analysis, results
 
 
 def _run(workdir, run_id, *, width, lr, tokens, loss, status="done", trunk=None):
@@ -13,7 +13,7 @@ def _run(workdir, run_id, *, width, lr, tokens, loss, status="done", trunk=None)
             "compress": {"passes": [], "distill": {"teacher": ""}}}
   (folder / "config.json").write_text(json.dumps(config))
   result = {"status": status, "val_loss": loss, "tokens": tokens, "flops": width * tokens,
-            "trunk": trunk}
+            "trunk": trunk, "params_non_embedding": 12 * width**2}
   (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -33,3 +33,11 @@ def test_best_per_point_keeps_the_best_rate_of_each_shape_and_length(tmp_path):
   assert _selected(tmp_path, "all") == {"a", "b", "c", "d", "e", "g"}
   rows = {r["run_id"]: r for r in results.collect(tmp_path, "best_per_point")}
   assert rows["a"]["selected"] is False and rows["a"]["val_loss"] == 3.0  # kept, marked
+
+
+def test_the_fit_reads_only_the_selected_rows(tmp_path):
+  test_best_per_point_keeps_the_best_rate_of_each_shape_and_length(tmp_path)
+  path = results.write_results_csv(tmp_path, "best_per_point")
+  table = analysis.read_results(str(path))
+  assert set(table.rows["run_id"]) == {"b", "c", "e", "g"}
+  assert table.excluded == 4  # a, d (slower rates), f (diverged), t (a trunk)

@@ -39,7 +39,8 @@ def is_results_table(columns) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class SweepTable:
-  """The ``status == done`` rows of a results.csv as arrays.
+  """The rows of a results.csv a law may use, as arrays: ``status == done`` and
+  ``selected`` (see ``jscale.sweep.results``).
 
   Numeric columns are float64 (NaN where a cell is empty); ``run_id``, ``teacher`` and
   ``compress`` are object arrays ("" where empty; ``compress`` "none").
@@ -68,6 +69,10 @@ def read_results(path: str) -> SweepTable:
   for name in _REQUIRED:
     table.require_column(cells, name)
   done = np.asarray(table.require_column(cells, "status")) == "done"
+  if "selected" in cells:  # the sweep's own choice (sweep.select)
+    done &= np.asarray(cells["selected"]) != "False"
+  if "trunk" in cells:  # trunks never cooled down: not points of any law
+    done &= ~np.isin(np.asarray(cells["run_id"]), [t for t in cells["trunk"] if t])
   rows = {name: table.float_column(cells, name)[done] for name in _NUMERIC if name in cells}
   for name in ("run_id", "teacher"):
     rows[name] = np.asarray(cells.get(name, [""] * len(done)), dtype=object)[done]
@@ -114,13 +119,15 @@ def fit_results(sweep: SweepTable, *, bootstrap: int = 100, seed: int = 0,
           "loss": table.check_positive("val_loss", cols["loss"])}
   chosen = law or choose_law(cols["D"])
   notes = [f"fitted {int(dense.sum())} dense uncompressed rows with status done; excluded "
-           f"{sweep.excluded} (diverged or failed)",
+           f"{sweep.excluded} (diverged, failed, trunks, or not the selected learning rate)",
            f"law {chosen} " + ("given" if law else "chosen from the token counts")]
   if other:
     notes.append(f"{sum(other.values())} compressed rows analysed separately: "
                  + ", ".join(f"{k} {v}" for k, v in other.items()))
-  result = fit_lib.fit(chosen, cols, bootstrap=bootstrap, seed=seed, notes=tuple(notes))
-  sections = {"compression": {"dense_rows": int(dense.sum()), "other_rows": other}}
+  result = fit_lib.fit(chosen, cols, bootstrap=bootstrap, seed=seed, notes=tuple(notes),
+                       holdout=_largest_size_held_out(chosen, cols))
+  sections = {"compression": {"dense_rows": int(dense.sum()), "other_rows": other},
+              "rows_used": [str(r) for r in rows["run_id"][dense]]}
   section_notes = []
   sparsity = _sparsity_fit(sweep, bootstrap, seed, section_notes)
   if sparsity is not None:
@@ -138,6 +145,16 @@ def fit_results(sweep: SweepTable, *, bootstrap: int = 100, seed: int = 0,
   result = dataclasses.replace(result, sections=result.sections | sections,
                                notes=result.notes + tuple(section_notes))
   return SweepFit(result=result, sparsity=sparsity, isoflop=isoflop)
+
+
+def _largest_size_held_out(law: str, cols: dict[str, np.ndarray]) -> tuple[str, float] | None:
+  """The extrapolation check: fit without the largest model size and predict it; None
+  where too few points would remain."""
+  sizes = np.unique(cols["N"])
+  if sizes.size < 3:
+    return None
+  inside = int((cols["N"] <= sizes[-2]).sum())
+  return ("N", float(sizes[-2])) if inside >= registry.get(law).n_params else None
 
 
 def _sparsity_fit(sweep: SweepTable, bootstrap, seed, notes) -> fit_lib.FitResult | None:
