@@ -18,9 +18,9 @@ def _train_spec(**train):
   return config_lib.resolve(tiny_config(**train)).train
 
 
-def _rates(steps, **train) -> list[float]:
+def _rates(at_steps, train: dict) -> list[float]:
   schedule = learning_rate_schedule(_train_spec(**train))
-  return [float(schedule(step)) for step in steps]
+  return [float(schedule(step)) for step in at_steps]
 
 
 # Each case: config overrides, then {step: learning rate} worked out by hand.
@@ -68,7 +68,14 @@ SCHEDULE_CASES = {
 @pytest.mark.parametrize("name", SCHEDULE_CASES)
 def test_schedule_values_by_hand(name):
   train, expected = SCHEDULE_CASES[name]
-  assert _rates(expected, **train) == pytest.approx(list(expected.values()), abs=1e-6)
+  assert _rates(expected, train) == pytest.approx(list(expected.values()), abs=1e-6)
+
+
+def test_wsd_before_its_cooldown_is_the_constant_schedule_bit_for_bit():
+  # What lets a constant-rate trunk stand in for the first steps of every wsd branch.
+  wsd = dict(steps=40, warmup_steps=5, schedule="wsd", cooldown_fraction=0.5)
+  constant = dict(steps=40, warmup_steps=5, schedule="constant")
+  assert _rates(range(21), wsd) == _rates(range(21), constant)
 
 
 def test_cooldown_start_is_the_last_constant_step():
@@ -84,7 +91,7 @@ def test_cooldown_start_is_the_last_constant_step():
 ])
 def test_bad_schedule_keys_are_named(key, value, needle):
   with pytest.raises(ValueError, match=needle):
-    _train_spec(schedule="wsd", steps=20, warmup_steps=2, **{key: value})
+    _train_spec(**{"schedule": "wsd", "steps": 20, "warmup_steps": 2, key: value})
 
 
 def _params(spec):

@@ -14,13 +14,13 @@ of Tensor Programs V (Yang et al. 2022, arXiv:2203.03466), Table 3, taken
 relative to a base width W0 (``mup_base_width``) so that at W0 it is SP exactly
 and the base model's tuned learning rate carries over. With m = width / W0:
 
-  ==============  =========================  ===================  ===============
-  (Table 3)       input weights, all biases  output weights       hidden weights
-                  and norm parameters        (the head)           (D x D-like)
-  ==============  =========================  ===================  ===============
-  init variance   as SP                      SP / m  (1/fan_in^2)  as SP (1/fan_in)
-  Adam LR         x 1                        x 1/m  (1/fan_in)    x 1/m (1/fan_in)
-  ==============  =========================  ===================  ===============
+  ==============  ==========================  ===================  ================
+  Table 3         input weights, all biases,  output weights       hidden weights
+                  norm scales and offsets     (the head)           (D x D-like)
+  ==============  ==========================  ===================  ================
+  init variance   as SP                       SP / m (1/fan_in^2)  as SP (1/fan_in)
+  Adam LR factor  1                           1/m (1/fan_in)       1/m (1/fan_in)
+  ==============  ==========================  ===================  ================
 
 and, for attention (TP5 Definition 4.1), logits scaled by 1/K instead of
 1/sqrt(K) as the head dimension K grows with width, corrected to sqrt(K0) / K

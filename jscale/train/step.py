@@ -134,7 +134,8 @@ def build_run(run: RunSpec, compression: compress.Composed = compress.compose([]
   module = run.model.make_module()
   schedule = schedule or learning_rate_schedule(run.train)
   tx = compression.wrap_optimizer(
-      make_optimizer(run.train, learning_rate=schedule, weight_decay=weight_decay))
+      make_optimizer(run.train, learning_rate=schedule, weight_decay=weight_decay,
+                     model=run.model))
   dummy = run.model.dummy_inputs(1)
   return BuiltRun(module=module, optimizer=tx, schedule=schedule,
                   init=lambda seed: init_state(module, tx, dummy, seed),
