@@ -40,8 +40,9 @@ _LATER_KEYS: dict[tuple[str, str], object] = {
     ("model", "parametrization"): "sp", ("model", "mup_base_width"): 64}
 # Fields that must agree across one workdir: results measured under different values
 # would be silently incomparable.
-COMPARABLE_FIELDS = ("model.family", "data.name", "data.seq_len", "data.validation_fraction",
-                     "data.files_glob", "train.eval_batches", "train.global_batch")
+COMPARABLE_FIELDS = ("model.family", "model.parametrization", "data.name", "data.seq_len",
+                     "data.validation_fraction", "data.files_glob", "train.eval_batches",
+                     "train.global_batch")
 
 
 # Bytes per parameter while training: float32 weights, gradients and two AdamW moments.
