@@ -1,6 +1,5 @@
 """FLOPs convention against XLA's own count; peaks and MFU."""
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -145,11 +144,6 @@ def test_unknown_peaks_are_none_and_so_is_mfu(device_kind, dtype):
 
 def test_mfu_is_achieved_over_peak():
   assert flops.mfu(494.5e12, 989e12) == pytest.approx(0.5)
-
-
-def test_measured_matmul_peak_is_a_positive_rate():
-  rate = flops.measure_matmul_peak(n=128, dtype="float32", repeats=3)
-  assert math.isfinite(rate) and rate > 1e6
 
 
 @pytest.mark.parametrize("width,depth,context,batch", [

@@ -30,10 +30,7 @@ percent at the sizes we train; measured in BUILD_NOTES.md).
   matching XLA's own cost analysis.
 """
 
-import time
 
-import jax
-import jax.numpy as jnp
 
 from jscale.models.spec import ModelSpec
 
@@ -86,23 +83,3 @@ def mfu(flops_per_second: float, peak: float | None) -> float | None:
   if peak is None or peak <= 0:
     return None
   return flops_per_second / peak
-
-
-def measure_matmul_peak(n: int = 4096, dtype: str = "bfloat16",
-                        repeats: int = 10) -> float:
-  """FLOP/s of a jitted n x n matmul on the default backend.
-
-  The first call (compilation and warm-up) is excluded; the fastest of
-  ``repeats`` timed calls is used, since a peak is a best case.
-  """
-  key_a, key_b = jax.random.split(jax.random.key(0))
-  a_NxN = jax.random.normal(key_a, (n, n), jnp.dtype(dtype))
-  b_NxN = jax.random.normal(key_b, (n, n), jnp.dtype(dtype))
-  matmul = jax.jit(jnp.matmul)
-  matmul(a_NxN, b_NxN).block_until_ready()
-  fastest = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a_NxN, b_NxN).block_until_ready()
-    fastest = min(fastest, time.perf_counter() - start)
-  return 2 * n**3 / fastest
