@@ -18,7 +18,7 @@ device, as the default sweep trains them; then, at the largest size: with
 ``--compare_head_dim``; data parallel over ``--compare_devices`` devices (on
 CPU, host devices forced before jax starts, each run by its own thread); and
 its gradient alone (``value_and_grad`` of the loss, no optimizer update).
-Every case starts from experiments/configs/lm_default.py (the default sweep).
+Every case starts from experiments/configs/lm_cosine.py (the L(N) sweep).
 Model FLOPs follow ``jscale.models.flops``. Ends with one key=value line for the
 largest size as the default sweep trains it, against the square peak.
 """
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import cli
-from experiments.configs import lm_default
+from experiments.configs import lm_cosine
 from jscale import data as data_lib
 from jscale.models import flops
 from jscale.sweep import config as config_lib
@@ -189,7 +189,7 @@ def main(argv):
     raise ValueError(f"unexpected arguments {argv[1:]}")
   sizes = parse_sizes(_SIZES.value)
   force_host_devices(_COMPARE_DEVICES.value)
-  config = lm_default.get_config()
+  config = lm_cosine.get_config()
   config.train.global_batch = _BATCH.value or config.train.global_batch
   config.model.head_dim = _HEAD_DIM.value or config.model.head_dim
   config.train.compute_dtype = _DTYPE.value

@@ -4,20 +4,30 @@ Library code raises ``ValueError`` with a one-line message naming the field, the
 bad value and what is allowed; only entry points decide how that reaches a user.
 The --config file is checked and made absolute here, before flags are parsed; entry
 points resolve their other paths once at start-up (``config.absolute_path``).
+
+Process settings shared by the entry points live here too: the compilation cache,
+joining a multi-process job (``--distributed``, see ``jscale.train.hosts``) and the
+sweep worker a scheduler assigned (``worker_from``). In a multi-process job an error on
+any process ends every process, each naming it, with that process's exit code.
 """
 
+import dataclasses
 import importlib.util
+import logging as std_logging
 import os
 import re
 import sys
+import traceback
 import warnings
-from typing import Callable, NoReturn
+from typing import Callable, Mapping, NoReturn
 
 import jax
-from absl import flags
+from absl import flags, logging
 from etils import epath
 
 from jscale.sweep.config import absolute_path, lookup
+from jscale.sweep.plan import parse_worker
+from jscale.train import hosts
 
 # --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
@@ -32,22 +42,31 @@ def fail(message: str) -> NoReturn:
   """Prints a one-line error and exits 2 (the convention for bad input)."""
   first_line = str(message).strip().splitlines()[0] if str(message).strip() else "error"
   print(f"error: {first_line}", file=sys.stderr)
-  sys.exit(2)
+  hosts.abort(2, first_line)
 
 
 def run_main(main: Callable[..., object]) -> Callable[..., object]:
-  """Wraps an absl ``main`` so a ValueError exits 2 with no traceback."""
+  """Wraps an absl ``main`` so a ValueError exits 2 with no traceback; in a multi-process
+  job any error stops every process (``hosts.abort``), and a finished process waits for
+  the others."""
 
   def wrapped(argv):
     try:
-      return main(argv)
+      result = main(argv)
     except ValueError as e:
       fail(str(e))
     except OSError as e:  # storage: read-only, full, gone; finished work stays on disk
       where = f"cannot write {e.filename}" if e.filename else "storage fault"
       print(f"error: {where}: {e.strerror or e}; finished runs and checkpoints are kept, "
             "rerun the same command once the storage is fixed", file=sys.stderr)
-      sys.exit(STORAGE_FAULT_EXIT_CODE)
+      hosts.abort(STORAGE_FAULT_EXIT_CODE, f"{where}: {e.strerror or e}")
+    except Exception as e:  # a bug: its traceback here, its name on every other process
+      if not hosts.several():
+        raise
+      traceback.print_exc()
+      hosts.abort(1, hosts.failure_message(e))
+    hosts.finish()
+    return result
 
   return wrapped
 
@@ -192,10 +211,6 @@ def _quiet_orbax() -> None:
   """Orbax logs every save at INFO, every read-only restore at WARNING and every failed
   write at ERROR, none of which a user can act on: keep the console (and an error) to
   jscale's own lines."""
-  import logging as std_logging  # noqa: PLC0415
-
-  from absl import logging  # noqa: PLC0415  (entry points only)
-
   logging.set_verbosity(logging.WARNING)
   # Its errors come with thread tracebacks; the exception that reaches jscale is reported
   # in one line instead.
@@ -228,3 +243,142 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# --- several processes, and workers launched by a scheduler ------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class HostFlags:
+  """The flags that make this process one of a multi-process JAX job."""
+  distributed: flags.FlagHolder
+  coordinator_address: flags.FlagHolder
+  num_processes: flags.FlagHolder
+  process_id: flags.FlagHolder
+  collective_timeout: flags.FlagHolder
+
+
+def define_host_flags() -> HostFlags:
+  """Defines --distributed and the flags that go with it (call once, at import)."""
+  return HostFlags(
+      flags.DEFINE_bool(
+          "distributed", False,
+          "Run as one process of a multi-process JAX job (jax.distributed.initialize): "
+          "every host runs the same command. TPU VM slices, SLURM and the other clusters "
+          "JAX detects need nothing more; elsewhere give the three flags below."),
+      flags.DEFINE_string("coordinator_address", None,
+                          "With --distributed: HOST:PORT where process 0 serves the job."),
+      flags.DEFINE_integer("num_processes", None,
+                           "With --distributed: how many processes the job has."),
+      flags.DEFINE_integer("process_id", None,
+                           "With --distributed: this process's index, 0 .. num_processes-1."),
+      flags.DEFINE_float(
+          "collective_timeout", hosts.DEFAULT_TIMEOUT_SECONDS,
+          "With --distributed: seconds a process waits for the others (to start; for one "
+          "training step, its evaluation and checkpoint included) before every process "
+          "stops, naming the ones that hold the job up."))
+
+
+def start_hosts(host_flags: HostFlags) -> None:
+  """Joins the multi-process job when --distributed is given (after checking the flags
+  that go with it); every line this process prints then starts with its index."""
+  f = host_flags
+  given = [name for name in ("coordinator_address", "num_processes", "process_id")
+           if getattr(f, name).value is not None]
+  if not f.distributed.value:
+    if given:
+      raise ValueError(f"--{given[0]} is only used with --distributed; add --distributed")
+    return
+  address, count, index = (f.coordinator_address.value, f.num_processes.value,
+                           f.process_id.value)
+  if address is not None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ValueError(f"--coordinator_address must look like HOST:PORT, got {address!r}")
+  if count is not None and count < 1:
+    raise ValueError(f"--num_processes must be >= 1, got {count}")
+  if index is not None and (index < 0 or (count is not None and index >= count)):
+    raise ValueError(f"--process_id must be in [0, --num_processes), got {index}")
+  if f.collective_timeout.value <= 0:
+    raise ValueError(f"--collective_timeout must be > 0 seconds, got "
+                     f"{f.collective_timeout.value}")
+  hosts.initialize(address, count, index, timeout_seconds=f.collective_timeout.value)
+  hosts.prefix_output()
+
+
+# Kubernetes Indexed Jobs give each pod its index but not the job's completions count:
+# set this variable in the pod template (or pass --worker=auto/K).
+WORKER_COUNT_VAR = "JSCALE_WORKER_COUNT"
+
+
+def _env_int(environ: Mapping[str, str], name: str, minimum: int) -> int:
+  value = environ[name]
+  try:
+    number = int(value)
+  except ValueError:
+    number = None
+  if number is None or number < minimum:
+    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}; or give --worker=i/K")
+  return number
+
+
+def _slurm_worker(environ: Mapping[str, str]) -> tuple[int, int]:
+  """(i, K) of a SLURM job array: tasks min, min+step, ... are workers 0, 1, ..."""
+  for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+    if name not in environ:
+      raise ValueError(f"{name} is not set but another SLURM_ARRAY_* variable is; "
+                       "give --worker=i/K")
+  task = _env_int(environ, "SLURM_ARRAY_TASK_ID", 0)
+  count = _env_int(environ, "SLURM_ARRAY_TASK_COUNT", 1)
+  first = _env_int(environ, "SLURM_ARRAY_TASK_MIN", 0) if "SLURM_ARRAY_TASK_MIN" in environ else 0
+  step = _env_int(environ, "SLURM_ARRAY_TASK_STEP", 1) if "SLURM_ARRAY_TASK_STEP" in environ else 1
+  index, off_grid = divmod(task - first, step)
+  if off_grid or not 0 <= index < count:
+    raise ValueError(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} evenly spaced tasks "
+                     f"from {first} by {step} (an --array list?); give --worker=i/K")
+  return index, count
+
+
+def worker_from(flag_value: str, environ: Mapping[str, str]) -> tuple[int, int]:
+  """This sweep worker (i, K) from --worker and the scheduler's environment.
+
+  ``i/K`` given explicitly always wins. ``auto`` (the default) takes a SLURM job array's
+  task (``SLURM_ARRAY_TASK_ID`` / ``_COUNT``, and ``_MIN`` / ``_STEP`` when the array does
+  not start at 0 or skips), or a Kubernetes Indexed Job's ``JOB_COMPLETION_INDEX`` with K
+  from ``JSCALE_WORKER_COUNT`` (or ``auto/K``); with none of them, ``0/1``. A bad or
+  contradictory value is a ValueError naming the variable.
+  """
+  if not flag_value.startswith("auto"):
+    return parse_worker(flag_value)
+  given_count = None
+  if flag_value != "auto":
+    prefix, _, text = flag_value.partition("/")
+    if prefix != "auto" or not text.isdigit() or int(text) < 1:
+      raise ValueError(f"--worker must be i/K, auto or auto/K (K >= 1), got {flag_value!r}")
+    given_count = int(text)
+  slurm = any(k.startswith("SLURM_ARRAY_") for k in environ)
+  kubernetes = "JOB_COMPLETION_INDEX" in environ
+  if slurm and kubernetes:
+    raise ValueError("both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are set: which "
+                     "scheduler launched this? give --worker=i/K")
+  if slurm:
+    index, count = _slurm_worker(environ)
+    if given_count is not None and given_count != count:
+      raise ValueError(f"--worker={flag_value} contradicts SLURM_ARRAY_TASK_COUNT={count}")
+  elif kubernetes:
+    index = _env_int(environ, "JOB_COMPLETION_INDEX", 0)
+    env_count = (_env_int(environ, WORKER_COUNT_VAR, 1) if WORKER_COUNT_VAR in environ
+                 else None)
+    if given_count is not None and env_count is not None and given_count != env_count:
+      raise ValueError(f"--worker={flag_value} contradicts {WORKER_COUNT_VAR}={env_count}")
+    count = given_count or env_count
+    if count is None:
+      raise ValueError(f"JOB_COMPLETION_INDEX={index} is set but not the worker count: set "
+                       f"{WORKER_COUNT_VAR} to the Job's completions, or give --worker=auto/K")
+    if index >= count:
+      raise ValueError(f"JOB_COMPLETION_INDEX={index} must be < the worker count {count}")
+  elif given_count is not None or WORKER_COUNT_VAR in environ:
+    raise ValueError(f"--worker={flag_value} needs JOB_COMPLETION_INDEX or "
+                     "SLURM_ARRAY_TASK_ID in the environment; give --worker=i/K")
+  else:
+    index, count = 0, 1
+  return index, count

@@ -2,7 +2,9 @@
 
     python -m experiments.evaluate --workdir=DIR [--run=ID] [--step=N] [--eval_batches=K]
 
-With no --run, every finished run of the workdir; writes ``runs/<id>/eval.json``.
+With no --run, every finished run of the workdir; writes ``runs/<id>/eval.json``. Takes
+the multi-process flags of ``experiments.sweep`` (``--distributed``, ...): a run trained on
+several hosts can be evaluated on them, or on one.
 """
 
 from absl import app, flags
@@ -19,6 +21,7 @@ _RUN = flags.DEFINE_string("run", None, "Run id (default: every finished run).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 0, "Validation batches (0 = the run's).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices to evaluate on (0 = all).")
+_HOSTS = cli.define_host_flags()
 
 
 def _status(folder: epath.Path) -> str | None:
@@ -60,6 +63,7 @@ def main(argv):
     raise ValueError(f"--eval_batches must be >= 0 (0 = the run's), got {_EVAL_BATCHES.value}")
   if _NUM_DEVICES.value < 0:
     raise ValueError(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
+  cli.start_hosts(_HOSTS)
   workdir = absolute_path(_WORKDIR.value)
   folders = _run_folders(workdir)
   for folder in folders:

@@ -2,14 +2,16 @@
 
 Config overrides use ml_collections config flags (``--config.train.steps=300``,
 ``--config.sweep.widths='(64,128,256)'``); process matters are plain flags. Running the
-same command again resumes. SIGTERM (a preemption notice) checkpoints and exits 0.
+same command again resumes. SIGTERM (a preemption notice) checkpoints and exits 0; in a
+multi-process job (``--distributed``) a SIGTERM to any process stops them all after the
+same step. ``--worker`` defaults to the task of a SLURM job array or a Kubernetes
+Indexed Job (``cli.worker_from``).
 This file is intentionally short: the logic lives in ``jscale.sweep``.
 """
 
-import signal
+import os
 import sys
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -17,11 +19,16 @@ from experiments import cli
 from jscale import sweep
 from jscale.sweep import config as config_lib
 from jscale.sweep.results import read_comparable
+from jscale.train import hosts
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file (experiments/configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder: local path or gs://...")
-_WORKER = flags.DEFINE_string("worker", "0/1", "i/K: train runs i, i+K, ... of the plan.")
+_WORKER = flags.DEFINE_string(
+    "worker", "auto",
+    "i/K: train runs i, i+K, ... of the plan. auto: from a SLURM job array "
+    "(SLURM_ARRAY_TASK_ID/_COUNT) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, K from "
+    f"{cli.WORKER_COUNT_VAR} or --worker=auto/K), else 0/1.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and time estimate; train nothing.")
 _BATCH_RUNS = flags.DEFINE_enum(
     "batch_runs", "auto", ["auto", "always", "never"],
@@ -33,8 +40,7 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", "~/.cache/jscale/xla",
     "Persistent XLA compilation cache folder, so resumed or repeated sweeps skip "
     "compilation; empty = off.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU).")
+_HOSTS = cli.define_host_flags()
 
 
 def _check_workdir(workdir: str) -> None:
@@ -63,19 +69,16 @@ def main(argv):
   config = _CONFIG.value
   _pin_overrides(config)
   config_lib.make_paths_absolute(config)
-  worker = sweep.parse_worker(_WORKER.value)
+  worker = cli.worker_from(_WORKER.value, os.environ)
   if _NUM_DEVICES.value < 0:
     raise ValueError(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  cli.start_hosts(_HOSTS)
   if _COMPILATION_CACHE.value:
     cli.enable_compilation_cache(config_lib.absolute_path(_COMPILATION_CACHE.value))
-  stop_requested = []
-  signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   options = sweep.SweepOptions(workdir=workdir, worker=worker, dry_run=_DRY_RUN.value,
                                num_devices=_NUM_DEVICES.value, fit=_FIT.value,
                                batch_runs=_BATCH_RUNS.value)
-  sweep.run_sweep(config, options, should_stop=lambda: bool(stop_requested))
+  sweep.run_sweep(config, options, should_stop=hosts.StopAgreement().install())
 
 
 if __name__ == "__main__":

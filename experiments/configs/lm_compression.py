@@ -4,16 +4,16 @@ each smaller size taught by the largest dense model.
 
     python -m experiments.sweep --config=experiments/configs/lm_compression.py --workdir=DIR
 
-The default sweep's LMs (``lm_default.py``) at four widths x {dense, 50%, 75%} plus three
+The LMs of ``lm_cosine.py`` at four widths x {dense, 50%, 75%} plus three
 students on Shakespeare (20-30 minutes on the 2-core CPU dev box; findings in
 BUILD_NOTES.md). Quick variant: ``--config.train.steps=100 --config.sweep.widths='(32,64)'``.
 """
 
-from experiments.configs import lm_default
+from experiments.configs import lm_cosine
 
 
 def get_config():
-  c = lm_default.get_config()
+  c = lm_cosine.get_config()
   c.compress.ptq_eval_bits = (8, 4)
   c.compress.prune.start_fraction, c.compress.prune.end_fraction = 0.2, 0.7
   c.compress.prune.update_every = 10

@@ -12,9 +12,9 @@ things a single process never needs:
   ``every`` steps, so all processes see the stop after the same step.
 * **Failures stop everyone.** A process that fails posts its error to the coordination
   service's key-value store and exits (``abort``). A monitor thread in every process polls
-  that store once a second and exits with the error named. A collective wait that outlasts
-  the timeout (a peer killed or stuck) ends the process naming the processes that never
-  arrived, instead of hanging.
+  that store once a second and exits with the error named. A step that outlasts the
+  timeout (``watchdog``: a peer stuck, or killed) ends the job naming the process that
+  holds it up, instead of hanging; a killed process is also caught by JAX's own heartbeat.
 
 On one process all of this is free: no collective, no thread.
 """
@@ -24,12 +24,13 @@ import contextlib
 import dataclasses
 import io
 import os
+import pathlib
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import NoReturn, TextIO
+from typing import Callable, Iterator, NoReturn, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +42,17 @@ from absl import logging
 from jax._src import distributed as jax_distributed
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-# Seconds a collective may wait for the slowest process before this one gives up. Covers
-# compile-time skew between hosts (one hits the compilation cache, another compiles).
+# Seconds a process waits for the others (joining; one step, its evaluation and checkpoint
+# included) before it gives up: generous, since hosts also differ in compile time (one hits
+# the compilation cache, another compiles).
 DEFAULT_TIMEOUT_SECONDS = 300.0
 _POLL_SECONDS = 1.0
-# JAX ends every process some time after one stops sending heartbeats (killed); later than
-# a stop check's deadline, whose message names the process that never arrived.
-_HEARTBEAT_MARGIN_SECONDS = 5
+# JAX ends every process some time after one stops sending heartbeats (killed): later than
+# the watchdog, whose message says more.
+_HEARTBEAT_MARGIN_SECONDS = 10
 _FAILED = "jscale/failed/"  # + process index -> "exit code\tone-line error"
 _SEEN = "jscale/seen/"  # + process index: a peer read a failure (the coordinator may go)
-_WAITING = "jscale/waiting/"  # + wait id / process index: in that collective for a while
+_STALLED = "jscale/stalled/"  # + process index -> where its main thread was at a timeout
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -63,11 +65,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   Arguments left None are detected by JAX (TPU VMs, SLURM, ...). Call before any other
   JAX computation; bad arguments or an unreachable coordinator raise a ValueError.
   """
+  global _monitor
   # Some JAX versions default to none; an explicit choice (mpi) is kept. This configures
   # the CPU client only: on accelerator hosts it runs no collective.
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   seconds = max(1, int(timeout_seconds))
+  # JAX aborts the process when the others do not come in time; this line says why.
+  print(f"joining the job at {coordinator_address or 'the address JAX detects'} as process "
+        f"{'(detected)' if process_id is None else process_id} of "
+        f"{'(detected)' if num_processes is None else num_processes}; waiting up to "
+        f"{seconds} s for every process", file=sys.stderr, flush=True)
   try:
     jax.distributed.initialize(
         coordinator_address, num_processes, process_id, initialization_timeout=seconds,
@@ -78,13 +86,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise ValueError(f"--distributed: could not join the job{where} as process "
                      f"{process_id} of {num_processes}: {_first_line(e)}") from None
   if jax.process_count() > 1:
-    global _monitor
     _monitor = _Monitor(jax_distributed.global_state.client, jax.process_index(),
                         jax.process_count(), timeout_seconds)
     _monitor.start()
     # atexit runs last-registered first: the monitor stops before JAX shuts the
     # coordination service down, so that shutdown is not mistaken for a lost coordinator.
     atexit.register(_monitor.stop)
+
+
+def several() -> bool:
+  """Whether this process is one of several (``initialize`` joined a job of two or more)."""
+  return _monitor is not None
 
 
 def is_writer() -> bool:
@@ -99,8 +111,7 @@ def finish() -> None:
   monitor = _monitor
   if monitor is None:
     return
-  with deadline("the end of the job"):
-    monitor.client.wait_at_barrier("jscale/finish", int(monitor.timeout * 1000))
+  monitor.client.wait_at_barrier("jscale/finish", int(monitor.timeout * 1000))
   monitor.stop()
 
 
@@ -125,7 +136,8 @@ class StopAgreement:
   mesh and reads the previous check's max, which finished while the step ran: the loop
   never waits for the collective, and a stop is seen one check after it was requested, by
   every process after the same call. Once true, it stays true. With one process it is the
-  local flag, no collective.
+  local flag, no collective. A check costs a small all-reduce (see
+  benchmarks/stop_agreement.py); ``every`` > 1 spaces them out.
   """
 
   def __init__(self, every: int = 1):
@@ -135,7 +147,7 @@ class StopAgreement:
     self.calls = 0
     self._requested = False
     self._agreed = False
-    self._pending = None  # (call, the max dispatched then), read at the next check
+    self._pending = None  # the max dispatched at the previous check
     self._any = None
     if jax.process_count() > 1:
       mesh = Mesh(np.array(jax.devices()), ("processes",))
@@ -167,11 +179,9 @@ class StopAgreement:
     if self._any is None:
       self._agreed = self._requested
       return self._agreed
-    pending, self._pending = self._pending, (self.calls, self._any(
-        self._flags[self._requested]))
-    if pending is not None:
-      with deadline(f"the stop check of call {pending[0]}"):
-        self._agreed = bool(pending[1])
+    pending, self._pending = self._pending, self._any(self._flags[self._requested])
+    if pending is not None:  # a hung peer shows as a hung step: see ``watchdog``
+      self._agreed = bool(pending)
     return self._agreed
 
 
@@ -181,38 +191,41 @@ _monitor: "_Monitor | None" = None
 
 
 @dataclasses.dataclass
-class _Wait:
-  what: str  # for the message: "the stop check of call 12"
-  number: int  # the how-many-th deadline: the same on every process for the same wait
+class _Window:
+  """The time since the latest beat of a watchdog."""
+  label: str  # what finished last: "step 12"
+  number: int  # how many windows this process opened: the same count on every process
   since: float
-  posted: bool = False
 
 
 @contextlib.contextmanager
-def deadline(what: str):
-  """Bounds the collective wait inside: past the timeout this process exits non-zero,
-  naming the processes that never arrived. Every process must enter the same deadlines in
-  the same order (as SPMD code does); free with one process."""
+def watchdog(start: str = "the start") -> Iterator[Callable[[str], None]]:
+  """Bounds the time between beats: call the ``beat(label)`` it yields once per step, on
+  every process alike. Past the timeout without a beat every process stops (exit 1)
+  naming the ones that hold the job up: those that gave no sign (killed), or whose latest
+  beat is older than the others' (stuck, with the line their main thread is at). It
+  covers every wait of a step, not just the stop check: a peer that stopped blocks the
+  next collective's dispatch, before any read. Free with one process.
+  """
   monitor = _monitor
   if monitor is None:
-    yield
+    yield lambda label: None
     return
-  monitor.waits += 1
-  monitor.wait = _Wait(what, monitor.waits, time.monotonic())
+  monitor.beat(start)
   try:
-    yield
+    yield monitor.beat
   finally:
-    monitor.wait = None
+    monitor.window = None
 
 
 class _Monitor:
-  """Polls the coordination service for a peer's failure and enforces the deadline of the
-  collective this process waits in (``deadline``)."""
+  """Polls the coordination service for a peer's failure, and enforces the watchdog."""
 
   def __init__(self, client, index: int, count: int, timeout: float):
     self.client, self.index, self.count, self.timeout = client, index, count, timeout
-    self.wait: _Wait | None = None
-    self.waits = 0
+    self.window: _Window | None = None
+    self.windows = 0
+    self._main = threading.main_thread().ident
     self._stopped = threading.Event()
     self._thread = threading.Thread(target=self._run, name="jscale-hosts", daemon=True)
 
@@ -221,6 +234,10 @@ class _Monitor:
 
   def stop(self) -> None:
     self._stopped.set()
+
+  def beat(self, label: str) -> None:
+    self.windows += 1
+    self.window = _Window(label, self.windows, time.monotonic())
 
   def _run(self) -> None:
     while not self._stopped.wait(_POLL_SECONDS):
@@ -237,29 +254,43 @@ class _Monitor:
         code, message = value.split("\t", 1)
         self.client.key_value_set(f"{_SEEN}{self.index}", "1", allow_overwrite=True)
         self._give_up(f"process {peer} failed: {message}", int(code))
-    wait = self.wait
-    if wait is None:
-      return
-    waited = time.monotonic() - wait.since
-    if not wait.posted and waited > _POLL_SECONDS:  # only long waits say where they are
-      self.client.key_value_set(f"{_WAITING}{wait.number}/{self.index}", "1",
+    window = self.window
+    if window is not None and time.monotonic() - window.since > self.timeout:
+      self.client.key_value_set(f"{_STALLED}{self.index}",
+                                f"{window.number}\t{window.label}\t{self._main_thread_at()}",
                                 allow_overwrite=True)
-      wait.posted = True
-    if waited > self.timeout:
-      self._stopped.wait(2 * _POLL_SECONDS)  # peers waiting as long post too
-      if self.wait is wait:
-        self._give_up(self._timeout_message(wait))
+      self._stopped.wait(2 * _POLL_SECONDS)  # the others time out about now: their posts
+      if self.window is window and not self._stopped.is_set():
+        self._give_up(self._stall_message(window), tell_others=True)
 
-  def _timeout_message(self, wait: _Wait) -> str:
-    arrived = {int(k.rsplit("/", 1)[1])
-               for k, _ in self.client.key_value_dir_get(f"{_WAITING}{wait.number}/")}
-    missing = sorted(set(range(self.count)) - arrived - {self.index})
-    if not missing:
-      return (f"every process waited over {self.timeout:.0f} s in {wait.what}: the "
-              "collective itself hangs")
-    names = ", ".join(map(str, missing))
-    return (f"process{'es' if len(missing) > 1 else ''} {names} did not reach {wait.what} "
-            f"within {self.timeout:.0f} s (killed, stuck, or far slower)")
+  def _main_thread_at(self) -> str:
+    """The innermost line of jscale or user code the main thread runs."""
+    frame = sys._current_frames().get(self._main)
+    while frame is not None and _is_library(frame.f_code.co_filename):
+      frame = frame.f_back
+    if frame is None:
+      return "an unknown place"
+    path = pathlib.PurePath(frame.f_code.co_filename)
+    return f"{'/'.join(path.parts[-2:])}:{frame.f_lineno} in {frame.f_code.co_name}"
+
+  def _stall_message(self, window: _Window) -> str:
+    """Names the processes behind the others: those that did not post (killed) or whose
+    latest beat is older; if none is behind, where each main thread is."""
+    posts = {int(k.rsplit("/", 1)[1]): v.split("\t", 2)
+             for k, v in self.client.key_value_dir_get(_STALLED)}
+    ahead = max(int(number) for number, _, _ in posts.values())
+    behind = []
+    for peer in range(self.count):
+      who = "this process" if peer == self.index else f"process {peer}"
+      if peer not in posts:
+        behind.append(f"{who} gave no sign (killed? see its log)")
+      elif int(posts[peer][0]) < ahead:
+        behind.append(f"{who} is stuck at {posts[peer][2]} (after {posts[peer][1]})")
+    if not behind:
+      where = ", ".join(f"process {p} at {posts[p][2]}" for p in sorted(posts))
+      behind = [f"every process finished it and waits: {where}"]
+    return (f"nothing finished after {window.label} within {self.timeout:.0f} s: "
+            + "; ".join(behind))
 
   def post_failure(self, exit_code: int, message: str) -> None:
     """Tells the others; the coordinator (process 0) then waits, bounded, until they have
@@ -268,7 +299,7 @@ class _Monitor:
     try:
       self.client.key_value_set(f"{_FAILED}{self.index}", f"{exit_code}\t{message}",
                                 allow_overwrite=True)
-      end = time.monotonic() + min(self.timeout, 10 * _POLL_SECONDS)
+      end = time.monotonic() + 3 * _POLL_SECONDS  # live peers poll once a second
       while self.index == 0 and time.monotonic() < end and len(self._told()) < self.count - 1:
         time.sleep(_POLL_SECONDS / 4)
     except Exception:  # the coordinator is gone already: the others learn it from that
@@ -279,10 +310,18 @@ class _Monitor:
     keys = self.client.key_value_dir_get(_SEEN) + self.client.key_value_dir_get(_FAILED)
     return {int(k.rsplit("/", 1)[1]) for k, _ in keys} - {self.index}
 
-  def _give_up(self, message: str, exit_code: int = 1) -> NoReturn:
+  def _give_up(self, message: str, exit_code: int = 1, tell_others=False) -> NoReturn:
     self.stop()
-    print(f"error: {message}; process {self.index} stops too", file=sys.stderr, flush=True)
+    print(f"error: {message}; process {self.index} stops", file=sys.stderr, flush=True)
+    if tell_others:
+      self.post_failure(exit_code, message)
     _exit(exit_code)
+
+
+def _is_library(filename: str) -> bool:
+  """Third-party or standard library code (not jscale's, not the user's)."""
+  return ("site-packages" in filename or filename.startswith(sys.prefix)
+          or filename.startswith(sys.base_prefix) or filename.startswith("<frozen"))
 
 
 def _exit(exit_code: int) -> NoReturn:

@@ -1,0 +1,210 @@
+"""Several JAX processes on one machine (jax.distributed over gloo): the stop agreement and
+failures that stop every process (``jscale.train.hosts``), plus its single-process parts."""
+
+import io
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import pytest
+
+from experiments import cli
+from jscale.train import hosts
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 8  # --collective_timeout of the job: a hung peer costs this much
+
+# One process of a 2-process job with 2 devices each: a global sum over the 4 devices,
+# then one "step" (a global sum) every 20 ms until the agreement says stop. The last
+# argument makes process FAILING raise, hang or die at step 5.
+PROGRAM = textwrap.dedent("""
+  import os, sys, time
+  import jax, jax.numpy as jnp, numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  from experiments import cli
+  from jscale.train import hosts
+
+  port, index, timeout, scenario, failing = sys.argv[1:]
+  index, failing = int(index), int(failing)
+
+  def main(argv):
+    hosts.initialize(f"127.0.0.1:{port}", 2, index, timeout_seconds=float(timeout))
+    hosts.prefix_output()
+    stop = hosts.StopAgreement().install()
+    mesh = Mesh(np.array(jax.devices()), ("d",))
+    total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    ones = jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec("d")),
+                                                  np.ones(2, np.float32))
+    print(f"devices {jax.device_count()} sum {float(total(ones))}", flush=True)
+    with hosts.watchdog() as beat:
+      for step in range(1, 10_000):
+        total(ones)
+        if index == failing and step == 5:
+          if scenario == "raise":
+            raise RuntimeError("injected failure")
+          if scenario == "hang":
+            time.sleep(3600)
+          if scenario == "kill":
+            os.kill(os.getpid(), 9)
+        print(f"step {step}", flush=True)
+        if stop():
+          print(f"stopped after step {step}", flush=True)
+          return
+        beat(f"step {step}")
+        time.sleep(0.02)
+
+  cli.run_main(main)([])
+""")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(scenario: str = "none", failing: int = -1) -> list[subprocess.Popen]:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env |= {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  port = free_port()
+  return [subprocess.Popen(
+      [sys.executable, "-c", PROGRAM, str(port), str(i), str(TIMEOUT), scenario, str(failing)],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def finish(procs: list[subprocess.Popen], limit: float = 120) -> list[tuple[int, str, str]]:
+  """(exit code, stdout, stderr) of each process; fails if any outlives ``limit``."""
+  out = []
+  for p in procs:
+    try:
+      stdout, stderr = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail(f"a process still ran after {limit} s: the job hung")
+    out.append((p.returncode, stdout, stderr))
+  return out
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, limit: float = 120) -> None:
+  end = time.monotonic() + limit
+  while time.monotonic() < end:
+    line = proc.stdout.readline()
+    if text in line:
+      return
+    if not line and proc.poll() is not None:
+      pytest.fail(f"the process ended ({proc.returncode}) before printing {text!r}: "
+                  f"{proc.stderr.read()}")
+  pytest.fail(f"no {text!r} within {limit} s")
+
+
+def stop_step(stdout: str) -> int:
+  return int(stdout.split("stopped after step ")[1].split()[0])
+
+
+def test_sigterm_to_one_process_stops_both_after_the_same_step():
+  procs = start()
+  wait_for_line(procs[1], "step 3")  # both past compilation, inside the loop
+  procs[1].send_signal(signal.SIGTERM)
+  (code0, out0, err0), (code1, out1, err1) = finish(procs)
+  assert (code0, code1) == (0, 0), err0 + err1
+  assert "[process 0] devices 4 sum 4.0" in out0  # gloo sums over both processes' devices
+  assert stop_step(out0) == stop_step(out1)
+  assert "[process 1] stop requested on process 1" in err1
+
+
+@pytest.mark.parametrize("failing", [1, pytest.param(0, marks=pytest.mark.slow)])
+def test_an_exception_in_one_process_stops_both_naming_it(failing):
+  began = time.monotonic()
+  results = finish(start("raise", failing), limit=60)
+  elapsed = time.monotonic() - began
+  other = 1 - failing
+  code, _, err = results[other]
+  assert code == 1 and results[failing][0] == 1
+  assert f"process {failing} failed: RuntimeError: injected failure" in err
+  assert "RuntimeError: injected failure" in results[failing][2]  # its own traceback
+  assert elapsed < 45  # a poll of the failure, not a collective timeout
+
+
+@pytest.mark.slow
+def test_a_hung_process_is_named_after_the_timeout():
+  began = time.monotonic()
+  procs = start("hang", 1)
+  code0, _, err0 = finish(procs[:1], limit=60)[0]
+  elapsed = time.monotonic() - began
+  procs[1].kill()
+  procs[1].communicate()
+  assert code0 == 1
+  assert "process 1 is stuck at <string>:" in err0  # where its main thread sits
+  assert "(after step 4)" in err0 and "this process" not in err0
+  assert TIMEOUT < elapsed < 45
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_within_a_bound():
+  began = time.monotonic()
+  (code0, _, err0), (code1, _, _) = finish(start("kill", 1), limit=90)
+  assert code1 == -signal.SIGKILL and code0 != 0
+  # Whichever comes first names it: the stop check's deadline, or JAX's heartbeat check.
+  assert ("process 1 gave no sign" in err0
+          or "tasks are unhealthy (stopped sending heartbeats):\n1\n" in err0), err0
+  assert time.monotonic() - began < 60
+
+
+# --- one process: no collectives, no threads ---------------------------------------------
+
+def test_one_process_agreement_is_the_local_flag_and_stays_set():
+  stop = hosts.StopAgreement(every=2)
+  assert [stop() for _ in range(3)] == [False] * 3
+  stop.request()
+  assert stop() is True  # call 4: a check
+  assert stop() is True  # and from then on
+  with pytest.raises(ValueError, match="every"):
+    hosts.StopAgreement(every=0)
+
+
+def test_one_process_watchdog_and_finish_are_free():
+  with hosts.watchdog() as beat:
+    beat("step 1")
+  hosts.finish()
+  assert hosts.is_writer()
+
+
+def test_output_prefix_starts_every_line():
+  out = io.StringIO()
+  stream = hosts._Prefixed(out, "[process 1] ")
+  stream.write("a\nb")
+  stream.write("c\n\nd\n")
+  assert out.getvalue() == "[process 1] a\n[process 1] bc\n[process 1] \n[process 1] d\n"
+
+
+def _host_flags(**values):
+  names = ("distributed", "coordinator_address", "num_processes", "process_id",
+           "collective_timeout")
+  defaults = {"distributed": False, "collective_timeout": 300.0}
+  return cli.HostFlags(*(types.SimpleNamespace(value=values.get(n, defaults.get(n)))
+                         for n in names))
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"process_id": 1}, "--process_id is only used with --distributed"),
+    ({"distributed": True, "coordinator_address": "localhost"}, "HOST:PORT"),
+    ({"distributed": True, "coordinator_address": "h:70000"}, "HOST:PORT"),
+    ({"distributed": True, "num_processes": 0}, "--num_processes"),
+    ({"distributed": True, "num_processes": 2, "process_id": 2}, "--process_id"),
+    ({"distributed": True, "collective_timeout": 0.0}, "--collective_timeout"),
+])
+def test_bad_host_flags_fail_before_joining(values, needle):
+  with pytest.raises(ValueError, match=needle):
+    cli.start_hosts(_host_flags(**values))
+
+
+def test_no_distributed_flag_is_one_process():
+  cli.start_hosts(_host_flags())
