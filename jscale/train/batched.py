@@ -64,9 +64,9 @@ def make_group_step(run: RunSpec, layout: grouping.RunLayout) -> Callable:
 
 @functools.lru_cache(maxsize=None)
 def _group_step(template: RunSpec, layout: grouping.RunLayout) -> Callable:
-  def one_run(state: TrainState, batch, lr_S, weight_decay, active):
+  def one_run(state: TrainState, batch_B, lr_S, weight_decay, active):
     built = build_run(template, schedule=lambda count: lr_S[count], weight_decay=weight_decay)
-    stepped, metrics = built.step(state, batch)
+    stepped, metrics = built.step(state, batch_B)
     return jax.tree.map(lambda n, o: jnp.where(active, n, o), stepped, state), metrics
 
   s = layout.stacked
@@ -132,9 +132,9 @@ class StackedRuns:
     rows = {r: self._dataset.train_batch(int(steps[r]), batch_size, self._runs[r].train.seed)
             for r in np.flatnonzero(active)}
     like = next(iter(rows.values()))
-    stacked = {k: np.stack([rows[r][k] if r in rows else np.zeros_like(v)
-                            for r in range(self.slots)]) for k, v in like.items()}
-    return jax.device_put(stacked, self.layout.batch)
+    batch_RxB = {k: np.stack([rows[r][k] if r in rows else np.zeros_like(v)
+                              for r in range(self.slots)]) for k, v in like.items()}
+    return jax.device_put(batch_RxB, self.layout.batch)
 
   def step(self, state, steps: np.ndarray, active: np.ndarray):
     return self._step(state, self.batch(steps, active), self._tables, self._decays,
