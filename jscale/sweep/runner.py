@@ -47,7 +47,7 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
   """Creates the workdir and records the sweep, refusing incompatible edits."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write-probe"
+    probe = workdir / f".write-probe-{os.getpid()}"  # workers share the workdir
     probe.write_text("")
     probe.unlink()
   except OSError as e:
