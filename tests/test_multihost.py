@@ -1,7 +1,9 @@
 """Several JAX processes on one machine (jax.distributed over gloo): the stop agreement and
 failures that stop every process (``jscale.train.hosts``), plus its single-process parts."""
 
+import csv
 import io
+import json
 import os
 import pathlib
 import signal
@@ -12,6 +14,7 @@ import textwrap
 import time
 import types
 
+import numpy as np
 import pytest
 
 from experiments import cli
@@ -208,3 +211,151 @@ def test_bad_host_flags_fail_before_joining(values, needle):
 
 def test_no_distributed_flag_is_one_process():
   cli.start_hosts(_host_flags())
+
+
+# --- the sweep entry point across two processes ------------------------------------------
+# A one-run smoke sweep (24 steps, a checkpoint every 4) trained by 2 processes x 2
+# devices, against 1 process x 4 devices and 1 x 1, and interrupted in the ways a
+# preemptible cluster interrupts it.
+
+SWEEP_STEPS = 24
+# Bounds each step of the sweep, its compilation included, on a loaded 2-core machine.
+SWEEP_TIMEOUT = 20
+
+
+def _env(devices: int) -> dict:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return env | {"JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _sweep_command(workdir: pathlib.Path) -> list[str]:
+  return [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/smoke.py",
+          f"--workdir={workdir}", "--config.sweep.widths=(8,)",
+          f"--config.train.steps={SWEEP_STEPS}", "--compilation_cache=", "--nofit"]
+
+
+def start_sweep(workdir: pathlib.Path) -> list[subprocess.Popen]:
+  """The sweep as a job of 2 processes with 2 devices each."""
+  port = free_port()
+  return [subprocess.Popen(
+      _sweep_command(workdir) + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                                 "--num_processes=2", f"--process_id={i}",
+                                 f"--collective_timeout={SWEEP_TIMEOUT}"],
+      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def sweep_in_two(workdir: pathlib.Path) -> list[str]:
+  """The stdout of each process."""
+  outputs = []
+  for code, out, err in finish(start_sweep(workdir), limit=180):
+    assert code == 0, out + err
+    outputs.append(out)
+  return outputs
+
+
+def sweep_in_one(workdir: pathlib.Path, devices: int) -> None:
+  done = subprocess.run(_sweep_command(workdir), cwd=ROOT, env=_env(devices),
+                        capture_output=True, text=True, timeout=180)
+  assert done.returncode == 0, done.stdout + done.stderr
+
+
+def run_folder(workdir: pathlib.Path) -> pathlib.Path:
+  (folder,) = (workdir / "runs").iterdir()
+  return folder
+
+
+def metrics_lines(workdir: pathlib.Path) -> list[str]:
+  return (run_folder(workdir) / "metrics.jsonl").read_text().splitlines()
+
+
+def train_losses(workdir: pathlib.Path) -> list[float]:
+  records = [json.loads(line) for line in metrics_lines(workdir)]
+  return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+def results_rows(workdir: pathlib.Path) -> list[dict]:
+  with open(workdir / "results.csv") as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def two_process_sweep(tmp_path_factory) -> pathlib.Path:
+  """An uninterrupted 2-process sweep: the reference of the tests below."""
+  workdir = tmp_path_factory.mktemp("two") / "sweep"
+  sweep_in_two(workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_numbers_of_one(two_process_sweep, tmp_path):
+  for devices in (4, 1):
+    sweep_in_one(tmp_path / f"one-{devices}", devices)
+  lines = metrics_lines(two_process_sweep)
+  assert len(lines) == len(set(lines))  # one writer: every record once
+  steps = [json.loads(line)["step"] for line in lines
+           if json.loads(line)["kind"] == "train"]
+  assert steps == list(range(1, SWEEP_STEPS + 1))
+  for devices in (4, 1):
+    np.testing.assert_allclose(train_losses(two_process_sweep),
+                               train_losses(tmp_path / f"one-{devices}"), rtol=1e-5)
+  (two,), (one,) = results_rows(two_process_sweep), results_rows(tmp_path / "one-4")
+  losses = ("train_loss", "val_loss", "val_bpb")
+  assert {k: v for k, v in two.items() if k not in losses} == {
+      k: v for k, v in one.items() if k not in losses}
+  np.testing.assert_allclose([float(two[k]) for k in losses], [float(one[k]) for k in losses],
+                             rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_checkpoints_of_two_processes_restore_in_one(two_process_sweep):
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", f"--workdir={two_process_sweep}"],
+      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stdout + done.stderr
+  folder = run_folder(two_process_sweep)
+  evaluated = json.loads((folder / "eval.json").read_text())
+  trained = json.loads((folder / "result.json").read_text())
+  assert evaluated["step"] == SWEEP_STEPS and evaluated["device_count"] == 1
+  np.testing.assert_allclose(evaluated["val_loss"], trained["val_loss"], rtol=1e-5)
+
+
+def _checkpointed_step(stdout: str) -> int:
+  return int(stdout.split("checkpointed at step ")[1].split()[0])
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_sweep_process_checkpoints_both_then_resumes(two_process_sweep,
+                                                                    tmp_path):
+  workdir = tmp_path / "sweep"
+  procs = start_sweep(workdir)
+  wait_for_line(procs[1], f"step 8/{SWEEP_STEPS}")
+  procs[1].send_signal(signal.SIGTERM)
+  (code0, out0, err0), (code1, out1, err1) = finish(procs, limit=120)
+  assert (code0, code1) == (0, 0), err0 + err1
+  step = _checkpointed_step(out0)
+  assert step == _checkpointed_step(out1) and step < SWEEP_STEPS
+  assert not results_rows(workdir)
+  for out in sweep_in_two(workdir):
+    assert f"resumed at step {step}" in out
+  assert results_rows(workdir) == results_rows(two_process_sweep)
+  assert metrics_lines(workdir) == metrics_lines(two_process_sweep)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 0])  # 0: the writer and the coordinator
+def test_sigkill_of_one_sweep_process_then_a_rerun_finishes_identically(
+    two_process_sweep, tmp_path, killed):
+  workdir = tmp_path / "sweep"
+  procs = start_sweep(workdir)
+  wait_for_line(procs[killed], f"step 8/{SWEEP_STEPS}")
+  procs[killed].kill()
+  results = finish(procs, limit=120)
+  assert results[killed][0] == -signal.SIGKILL
+  # The survivor fails (a collective finds its peer gone) or times out: either way it ends.
+  assert results[1 - killed][0] != 0
+  for out in sweep_in_two(workdir):
+    assert "resumed at step" in out
+  assert results_rows(workdir) == results_rows(two_process_sweep)
+  assert metrics_lines(workdir) == metrics_lines(two_process_sweep)

@@ -17,6 +17,8 @@ import collections
 import json
 import os
 
+import matplotlib.cm
+import matplotlib.colors
 import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
@@ -122,20 +124,30 @@ def _fitted_frontier(fx: np.ndarray, fy: np.ndarray) -> fit_lib.FitResult | None
     return None
 
 
+_MAX_LABELLED_RUNS = 12
+
+
 def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path):
   """Eval curves per run, their lower envelope and the L(C) law fitted to it; returns
   that fit (or None)."""
   fig = Figure(figsize=(7, 5))
   ax = fig.subplots()
+  done = [(run, result) for run in runs
+          if (result := read_result(run_dir(workdir, run.run_id))) and result["status"] == "done"]
+  # Past a legend's worth of runs, colour encodes the model size instead of a label each.
+  sizes = np.log10([result["params_non_embedding"] for _, result in done] or [1.0])
+  by_size = matplotlib.colors.Normalize(sizes.min(), sizes.max())
+  labelled = len(done) <= _MAX_LABELLED_RUNS
   curves = []
-  for run in runs:
-    result = read_result(run_dir(workdir, run.run_id))
-    if not result or result["status"] != "done":
-      continue
+  for (run, result), size in zip(done, sizes):
     xs, ys = _eval_curve(run_dir(workdir, run.run_id), result["flops_per_step"])
     curves.append((xs, ys))
     ax.plot(xs, ys, "o-", ms=3, lw=1,
-            label=f"{run.label} N={result['params_non_embedding']:,}")
+            **({"label": f"{run.label} N={result['params_non_embedding']:,}"} if labelled
+               else {"color": matplotlib.colormaps["viridis"](by_size(size))}))
+  if not labelled:
+    fig.colorbar(matplotlib.cm.ScalarMappable(by_size, "viridis"), ax=ax,
+                 label="log10 N (non-embedding parameters)")
   fx, fy = _frontier(curves)
   frontier_fit = _fitted_frontier(fx, fy)
   if fx.size:

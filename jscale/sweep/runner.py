@@ -24,7 +24,7 @@ from jscale.sweep import plan as plan_lib
 from jscale.sweep import report, restore
 from jscale.sweep import spec as spec_lib
 from jscale.sweep.results import read_comparable, read_result, run_dir, write_results_csv
-from jscale.train import batched, grouping
+from jscale.train import batched, grouping, hosts
 from jscale.train.loop import StartPoint, train, train_group
 from jscale.train.metrics import format_eta, write_json_atomic, write_text_atomic
 from jscale.train.record import Progress
@@ -44,12 +44,14 @@ class SweepOptions:
 
 
 def prepare_workdir(workdir: epath.Path, config) -> None:
-  """Creates the workdir and records the sweep, refusing incompatible edits."""
+  """Creates the workdir and records the sweep, refusing incompatible edits (the writer
+  process writes; the others wait until it has)."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write-probe-{os.getpid()}"  # workers share the workdir
-    probe.write_text("")
-    probe.unlink()
+    if hosts.is_writer():  # the only process of a multi-process job that writes files
+      probe = workdir / f".write-probe-{os.getpid()}"  # workers share the workdir
+      probe.write_text("")
+      probe.unlink()
   except OSError as e:
     raise ValueError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
   fields = plan_lib.comparable_fields(config)
@@ -61,6 +63,7 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
             f"{key} is {value!r} but the runs in {workdir} used {before[key]!r}; mixing them "
             "would make the results incomparable: use a new --workdir")
   write_json_atomic(workdir / "sweep.json", {"comparable": fields, "config": config.to_dict()})
+  hosts.barrier("workdir")
 
 
 def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp, steps: int = 3) -> float:
@@ -238,14 +241,17 @@ def _failed(e: Exception, folder: epath.Path) -> dict:
   fault = storage_fault(e)
   if fault is not None:  # the run's folder when the error names no file
     raise OSError(fault.errno, fault.strerror, fault.filename or os.fspath(folder)) from None
-  if isinstance(e, ValueError):
-    raise e  # bad input: stop the sweep with its one-line message
+  if isinstance(e, ValueError) or jax.process_count() > 1:
+    # Bad input: stop the sweep with its one-line message. With several processes a run
+    # that failed on one may have passed on another: only stopping them all keeps them
+    # in step (the entry point names the error on every process).
+    raise e
   return {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 
 def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]:
   """Trains one run, or several same-shape runs as one program; a crash marks them failed
-  and the sweep goes on."""
+  and the sweep goes on (with several processes it stops the job: see ``_failed``)."""
   folders = [run_dir(workdir, r.run_id) for r in unit]
   if len(unit) > 1:
     try:
@@ -281,6 +287,9 @@ def run_sweep(config, options: SweepOptions,
     print(f"training units: {len(units)} ({sum(len(u) > 1 for u in units)} batched groups)")
     return "done"
   prepare_workdir(workdir, config)
+  batch_runs = options.batch_runs
+  if jax.process_count() > 1:  # batched training is single-host (jscale.train.batched)
+    batch_runs = "never"
   index, count = options.worker
   mine = [r for i, r in enumerate(runs) if i % count == index]
   todo = [r for r in mine if read_result(run_dir(workdir, r.run_id)) is None]
@@ -289,8 +298,8 @@ def run_sweep(config, options: SweepOptions,
 
   decisions_path = workdir / "batching.json"
   decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
-  units = training_units(todo, dataset, dp, options.batch_runs, decisions)
-  if options.batch_runs == "auto" and decisions:
+  units = training_units(todo, dataset, dp, batch_runs, decisions)
+  if batch_runs == "auto" and decisions:
     write_json_atomic(decisions_path, decisions)
   started, done_flops = time.perf_counter(), [0.0]
   remaining = [sum(r.cost_flops for r in todo)]
@@ -323,6 +332,7 @@ def run_sweep(config, options: SweepOptions,
             + (f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else ""),
             flush=True)
     write_results_csv(workdir, sweep.select)
+    hosts.barrier("results")  # the others read the writer's result.json (branches, todo)
     if preempted:
       print("rerun the same command to resume", flush=True)
       return "preempted"
@@ -333,6 +343,6 @@ def run_sweep(config, options: SweepOptions,
     print(f"{len(missing)} runs of other workers not finished yet; the last worker to finish "
           "writes the fit and plots", flush=True)
     return "waiting"
-  if options.fit:
+  if options.fit and hosts.is_writer():
     report.write_report(workdir, runs, bootstrap=sweep.bootstrap)
   return "done"

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from jscale.train import hosts
 from jscale.train.spec import CheckpointSpec
 
 _STATE, _META = "state", "meta"
@@ -128,8 +129,10 @@ class Checkpointer:
     n = 1
     while aside.exists():
       aside, n = aside.with_name(f"{stamp}.{n}"), n + 1
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    damaged.rename(aside)
+    if hosts.is_writer():  # one folder, shared by every process: one rename
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      damaged.rename(aside)
+    hosts.barrier("set-aside")  # every process then reloads the same steps
     self._manager.reload()
     logging.warning("checkpoint %s is damaged (%s); moved to %s, resuming from the previous "
                     "one", damaged, why, aside)

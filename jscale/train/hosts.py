@@ -115,6 +115,20 @@ def finish() -> None:
   monitor.stop()
 
 
+_barriers = 0  # barriers passed: each gets a fresh name, the same on every process
+
+
+def barrier(name: str) -> None:
+  """Waits (bounded) until every process got here, e.g. until the writer's files are there
+  for the others to read. Call on every process alike; free with one process."""
+  global _barriers
+  monitor = _monitor
+  if monitor is None:
+    return
+  _barriers += 1
+  monitor.client.wait_at_barrier(f"jscale/{name}/{_barriers}", int(monitor.timeout * 1000))
+
+
 def abort(exit_code: int, message: str) -> NoReturn:
   """Ends this process with ``exit_code`` after telling every other process why, so they
   stop too (their monitors exit with ``message`` named). Skips JAX's shutdown, whose

@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from jscale import compress
-from jscale.train import batched
+from jscale.train import batched, hosts
 from jscale.train.checkpoint import Checkpointer, abstract_like
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
 from jscale.train.metrics import MetricsLog, read_records
@@ -265,34 +265,38 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
     for r in range(len(members)):
       if not active[r]:  # resumed at its last step: only the final evaluation is missing
         complete(r)
-    while active.any():
-      state, metrics = engine.step(state, steps, active)
-      slots = np.flatnonzero(active)
-      flush()  # the previous step's metrics, read while this step runs
-      steps[slots] += 1
-      pending = (slots, steps[slots].tolist(), metrics)
-      stop = should_stop()
-      ending = [r for r in slots if members[r].running and (
-          members[r].ckpt.should_save(steps[r]) or steps[r] == members[r].run.train.steps)]
-      if ending or stop:
-        flush()  # the log must hold every step a checkpoint holds
-      for r in slots:
-        m, done = members[r], int(steps[r])
-        if not m.running:
-          continue
-        if done == m.run.train.steps:
-          complete(r)
-          continue
-        if m.ckpt.should_save(done) or stop:
-          m.save(done, engine.run_state(state, r), elapsed())
-        if done % m.run.train.eval_every == 0:
-          m.log.append("eval", done, eval_record(dataset, evaluate(
-              eval_step, engine.run_state(state, r).params, eval_batches, dp)))
-      if stop:
-        for r, m in enumerate(members):
-          if m.running:
-            m.preempted(int(steps[r]))
-        break
+    # Every process beats once per step: a peer that stops (killed, stuck) ends the job
+    # with its name instead of a hang (free with one process).
+    with hosts.watchdog("the start of training") as beat:
+      while active.any():
+        beat(f"step {int(steps.max())}")
+        state, metrics = engine.step(state, steps, active)
+        slots = np.flatnonzero(active)
+        flush()  # the previous step's metrics, read while this step runs
+        steps[slots] += 1
+        pending = (slots, steps[slots].tolist(), metrics)
+        stop = should_stop()
+        ending = [r for r in slots if members[r].running and (
+            members[r].ckpt.should_save(steps[r]) or steps[r] == members[r].run.train.steps)]
+        if ending or stop:
+          flush()  # the log must hold every step a checkpoint holds
+        for r in slots:
+          m, done = members[r], int(steps[r])
+          if not m.running:
+            continue
+          if done == m.run.train.steps:
+            complete(r)
+            continue
+          if m.ckpt.should_save(done) or stop:
+            m.save(done, engine.run_state(state, r), elapsed())
+          if done % m.run.train.eval_every == 0:
+            m.log.append("eval", done, eval_record(dataset, evaluate(
+                eval_step, engine.run_state(state, r).params, eval_batches, dp)))
+        if stop:
+          for r, m in enumerate(members):
+            if m.running:
+              m.preempted(int(steps[r]))
+          break
     flush()
   return [m.result for m in members]
 

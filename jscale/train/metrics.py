@@ -28,6 +28,8 @@ from etils import epath
 from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from jscale.train import hosts
+
 
 def write_json_atomic(path: epath.PathLike, obj) -> None:
   """Writes JSON so readers see the old file or the new one, never half of one."""
@@ -35,6 +37,10 @@ def write_json_atomic(path: epath.PathLike, obj) -> None:
 
 
 def write_text_atomic(path: epath.PathLike, text: str) -> None:
+  """Writes ``text`` on the writer process only: with several processes every one computes
+  the same records, and one copy of each belongs on the shared filesystem."""
+  if not hosts.is_writer():
+    return
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   if not _is_local(path):  # object stores write whole objects: already atomic
@@ -103,11 +109,16 @@ class EventFiles:
 
   @property
   def stale(self) -> bool:
-    """True until :meth:`rebuild` names the file (always False on object stores)."""
-    return self._file is None and _is_local(self._folder)
+    """True until :meth:`rebuild` names the file (always False on object stores and on
+    processes other than the writer)."""
+    return self._file is None and self._writes
+
+  @property
+  def _writes(self) -> bool:
+    return _is_local(self._folder) and hosts.is_writer()
 
   def rebuild(self, records: list[dict]) -> None:
-    if not _is_local(self._folder):
+    if not self._writes:
       return
     self._pending = []
     if self._folder.exists():
@@ -162,6 +173,8 @@ class MetricsLog:
   rewrites that mirror from the JSONL files, so it never holds a step twice. Object
   stores (``gs://``) cannot append: there records are buffered and whole files
   rewritten by :meth:`flush` (the loop flushes before each checkpoint and at the end).
+  With several processes only the writer (process 0) writes files; the others keep their
+  records in memory.
   """
 
   def __init__(self, path: epath.PathLike):
@@ -211,12 +224,14 @@ WALL_CLOCK_KINDS = ("throughput",)
 
 
 class _JsonLines:
-  """One append-only JSONL file (buffered and rewritten whole on object stores)."""
+  """One append-only JSONL file (buffered and rewritten whole on object stores). A process
+  other than the writer keeps its records in memory only (``write_text_atomic`` skips its
+  rewrites), so its ``records()`` still read like the writer's."""
 
   def __init__(self, path: epath.Path):
     self._path = path
     self._buffer = None
-    if not _is_local(self._path):
+    if not _is_local(self._path) or not hosts.is_writer():
       self._buffer = self.records()
 
   def records(self) -> list[dict]:
