@@ -287,11 +287,15 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
           if done == m.run.train.steps:
             complete(r)
             continue
-          if m.ckpt.should_save(done) or stop:
-            m.save(done, engine.run_state(state, r), elapsed())
-          if done % m.run.train.eval_every == 0:
+          saving = m.ckpt.should_save(done) or stop
+          evaluating = done % m.run.train.eval_every == 0
+          if saving or evaluating:  # out of a stacked group this is a copy: take it once
+            run_state = engine.run_state(state, r)
+          if saving:
+            m.save(done, run_state, elapsed())
+          if evaluating:
             m.log.append("eval", done, eval_record(dataset, evaluate(
-                eval_step, engine.run_state(state, r).params, eval_batches, dp)))
+                eval_step, run_state.params, eval_batches, dp)))
         if stop:
           for r, m in enumerate(members):
             if m.running:
