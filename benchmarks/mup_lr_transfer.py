@@ -30,7 +30,7 @@ from absl import app, flags
 
 from jscale import data as data_lib
 from jscale import models
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train.optim import learning_rate_schedule, make_optimizer
 from jscale.train.step import cross_entropy, init_state, train_step_fn
 

@@ -29,7 +29,7 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples of each
 
 def _config(schedule: str, widths: tuple[int, ...], tokens: tuple[float, ...]):
   from jscale.sweep import sweep_section
-  from jscale.sweep.config import base_config
+  from jscale.train.config import base_config
 
   c = base_config()
   c.model.depth, c.model.num_heads = _DEPTH.value, 2
@@ -50,8 +50,8 @@ def _train(config, workdir: str):
   from jscale.sweep import plan as plan_lib
   from jscale.sweep import results
   from jscale.sweep import spec as spec_lib
-  from jscale.sweep.config import data_spec
   from jscale.sweep.runner import SweepOptions, run_sweep
+  from jscale.train.config import data_spec
 
   plan = plan_lib.plan_runs(config, spec_lib.sweep_spec(config.sweep),
                             data_lib.load(data_spec(config)))

@@ -91,7 +91,7 @@ def _measure() -> None:
 
   from experiments.configs import lm_default
   from jscale import data as data_lib
-  from jscale.sweep import config as config_lib
+  from jscale.train import config as config_lib
   from jscale.train import hosts
   from jscale.train.loop import SingleRun
   from jscale.train.sharding import data_parallel

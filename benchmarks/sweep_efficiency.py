@@ -36,7 +36,7 @@ _COMPILE_PROBE = flags.DEFINE_string("compile_probe", "", "Internal: cache dir o
 
 
 def _runs(dataset):
-  from jscale.sweep import config as config_lib
+  from jscale.train import config as config_lib
   runs = []
   for seed in range(_RUNS.value):
     c = config_lib.base_config()

@@ -37,7 +37,7 @@ from experiments import cli
 from experiments.configs import lm_cosine
 from jscale import data as data_lib
 from jscale.models import flops
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train.sharding import data_parallel
 from jscale.train.step import build_run, cross_entropy, make_train_step
 

@@ -1,9 +1,13 @@
-"""Entry-point wrapper: bad input becomes one line on stderr and exit code 2.
+"""Entry-point wrapper: how errors and library messages reach a person.
 
-Library code raises ``ValueError`` with a one-line message naming the field, the
-bad value and what is allowed; only entry points decide how that reaches a user.
-The --config file is checked and made absolute here, before flags are parsed; entry
-points resolve their other paths once at start-up (``config.absolute_path``).
+Typed errors (``jscale.errors``) decide the exit: ``BadInput`` is one line on stderr and
+exit code 2, a ``StorageFault`` (classified by ``jscale.errors.storage_fault``) one line
+naming the path and exit code 3, and any other exception is a bug: its traceback is shown
+and the exit code is 1. The --config file is checked and made absolute here, before flags
+are parsed; entry points resolve their other paths once at start-up
+(``config.absolute_path``). jscale's library logs through ``logging`` under the "jscale"
+logger; the entry points print its INFO messages as plain progress lines on stdout and its
+warnings on stderr.
 
 Process settings shared by the entry points live here too: the compilation cache,
 joining a multi-process job (``--distributed``, see ``jscale.train.hosts``) and the
@@ -25,47 +29,77 @@ import jax
 from absl import flags, logging
 from etils import epath
 
-from jscale.sweep.config import absolute_path, lookup
+from jscale.errors import (
+  BAD_INPUT_EXIT_CODE,
+  STORAGE_FAULT_EXIT_CODE,
+  BadInput,
+  storage_fault,
+)
 from jscale.sweep.plan import parse_worker
 from jscale.train import hosts
+from jscale.train.config import absolute_path, lookup
 
 # --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 
 
-# Bad input exits 2; a storage fault (nothing the command line can fix) exits 3.
-STORAGE_FAULT_EXIT_CODE = 3
-
-
 def fail(message: str) -> NoReturn:
   """Prints a one-line error and exits 2 (the convention for bad input)."""
   first_line = str(message).strip().splitlines()[0] if str(message).strip() else "error"
   print(f"error: {first_line}", file=sys.stderr)
-  hosts.abort(2, first_line)
+  hosts.abort(BAD_INPUT_EXIT_CODE, first_line)
+
+
+class _Console(std_logging.Handler):
+  """jscale's log records as the entry points' own lines: INFO as they are on stdout,
+  warnings and errors on stderr. The stream is looked up at each record, so a prefix
+  added later (``hosts.prefix_output``) applies."""
+
+  def emit(self, record: std_logging.LogRecord) -> None:
+    try:
+      text = self.format(record)
+      if record.levelno >= std_logging.WARNING:
+        print(f"{record.levelname.lower()}: {text}", file=sys.stderr, flush=True)
+      else:
+        print(text, file=sys.stdout, flush=True)
+    except Exception:  # a closed stream must not end the program
+      self.handleError(record)
+
+
+def show_library_messages() -> None:
+  """Prints the "jscale" logger's INFO and above (once per process)."""
+  logger = std_logging.getLogger("jscale")
+  if not any(isinstance(h, _Console) for h in logger.handlers):
+    logger.addHandler(_Console())
+  logger.setLevel(std_logging.INFO)
+  logger.propagate = False
 
 
 def run_main(main: Callable[..., object]) -> Callable[..., object]:
-  """Wraps an absl ``main`` so a ValueError exits 2 with no traceback; in a multi-process
-  job any error stops every process (``hosts.abort``), and a finished process waits for
-  the others."""
+  """Wraps an absl ``main``: bad input exits 2 and a storage fault 3, each one line with no
+  traceback; a bug keeps its traceback (exit 1). In a multi-process job any error stops
+  every process (``hosts.abort``), and a finished process waits for the others."""
 
   def wrapped(argv):
+    show_library_messages()
     try:
       result = main(argv)
-    except ValueError as e:
+    except BadInput as e:
       fail(str(e))
-    except OSError as e:  # storage: read-only, full, gone; finished work stays on disk
-      where = f"cannot write {e.filename}" if e.filename else "storage fault"
-      print(f"error: {where}: {e.strerror or e}; finished runs and checkpoints are kept, "
-            "rerun the same command once the storage is fixed", file=sys.stderr)
-      hosts.abort(STORAGE_FAULT_EXIT_CODE, f"{where}: {e.strerror or e}")
-    except Exception as e:  # a bug: its traceback here, its name on every other process
+    except Exception as e:
+      fault = storage_fault(e)
+      if fault is not None:  # finished work stays on disk
+        print(f"error: {fault.one_line()}; finished runs and checkpoints are kept, rerun the "
+              "same command once the storage is fixed", file=sys.stderr)
+        hosts.abort(STORAGE_FAULT_EXIT_CODE, fault.one_line())
       if not hosts.several():
         raise
-      traceback.print_exc()
+      traceback.print_exc()  # a bug: its traceback here, its name on every other process
       hosts.abort(1, hosts.failure_message(e))
     hosts.finish()
+    if isinstance(result, int) and result:
+      hosts.abort(result, f"exit code {result}")
     return result
 
   return wrapped
@@ -97,7 +131,7 @@ def check_writable_folder(flag: str, path: str) -> None:
   (gs://...) are left to their storage layer."""
   why = None if "://" in path else _why_not_writable(path)
   if why:
-    raise ValueError(f"{flag} {path} is not writable: {why}")
+    raise BadInput(f"{flag} {path} is not writable: {why}")
 
 
 def check_writable_file(flag: str, path: str) -> None:
@@ -108,7 +142,7 @@ def check_writable_file(flag: str, path: str) -> None:
   why = (f"{path} is a folder" if os.path.isdir(path)
          else _why_not_writable(os.path.dirname(path)))
   if why:
-    raise ValueError(f"{flag} {path} cannot be written: {why}")
+    raise BadInput(f"{flag} {path} cannot be written: {why}")
 
 
 def _config_file_error(path: str) -> str | None:
@@ -143,21 +177,21 @@ def load_config_file(spec: str):
   path, *arg = spec.split(":", 1)
   problem = _config_file_error(path)
   if problem:
-    raise ValueError(problem)
+    raise BadInput(problem)
   try:
     module_spec = importlib.util.spec_from_file_location("_jscale_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
   except Exception as e:  # whatever a config file raises is bad input
-    raise ValueError(f"--config file {path} failed to load: {_describe(e)}") from None
+    raise BadInput(f"--config file {path} failed to load: {_describe(e)}") from None
   if not callable(getattr(module, "get_config", None)):
-    raise ValueError(f"--config file {path} defines no get_config() function")
+    raise BadInput(f"--config file {path} defines no get_config() function")
   try:
     config = module.get_config(*arg)
   except Exception as e:  # whatever get_config raises is bad input
-    raise ValueError(f"--config file {path}: get_config() raised {_describe(e)}") from None
+    raise BadInput(f"--config file {path}: get_config() raised {_describe(e)}") from None
   if not hasattr(config, "to_dict"):
-    raise ValueError(f"--config file {path}: get_config() returned {type(config).__name__}, "
+    raise BadInput(f"--config file {path}: get_config() returned {type(config).__name__}, "
                      "not an ml_collections ConfigDict")
   return config
 
@@ -181,7 +215,7 @@ def _with_absolute_config(argv: list[str]) -> tuple[list[str], str]:
   spec = ":".join([absolute_path(path), *arg])
   try:
     load_config_file(spec)
-  except ValueError as e:
+  except BadInput as e:
     fail(str(e))
   argv[index] = f"{flag}={spec}" if flag else spec
   return argv, spec
@@ -286,20 +320,20 @@ def start_hosts(host_flags: HostFlags) -> None:
            if getattr(f, name).value is not None]
   if not f.distributed.value:
     if given:
-      raise ValueError(f"--{given[0]} is only used with --distributed; add --distributed")
+      raise BadInput(f"--{given[0]} is only used with --distributed; add --distributed")
     return
   address, count, index = (f.coordinator_address.value, f.num_processes.value,
                            f.process_id.value)
   if address is not None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-      raise ValueError(f"--coordinator_address must look like HOST:PORT, got {address!r}")
+      raise BadInput(f"--coordinator_address must look like HOST:PORT, got {address!r}")
   if count is not None and count < 1:
-    raise ValueError(f"--num_processes must be >= 1, got {count}")
+    raise BadInput(f"--num_processes must be >= 1, got {count}")
   if index is not None and (index < 0 or (count is not None and index >= count)):
-    raise ValueError(f"--process_id must be in [0, --num_processes), got {index}")
+    raise BadInput(f"--process_id must be in [0, --num_processes), got {index}")
   if f.collective_timeout.value <= 0:
-    raise ValueError(f"--collective_timeout must be > 0 seconds, got "
+    raise BadInput(f"--collective_timeout must be > 0 seconds, got "
                      f"{f.collective_timeout.value}")
   hosts.initialize(address, count, index, timeout_seconds=f.collective_timeout.value)
   hosts.prefix_output()
@@ -317,7 +351,7 @@ def _env_int(environ: Mapping[str, str], name: str, minimum: int) -> int:
   except ValueError:
     number = None
   if number is None or number < minimum:
-    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}; or give --worker=i/K")
+    raise BadInput(f"{name}={value!r} must be an integer >= {minimum}; or give --worker=i/K")
   return number
 
 
@@ -325,7 +359,7 @@ def _slurm_worker(environ: Mapping[str, str]) -> tuple[int, int]:
   """(i, K) of a SLURM job array: tasks min, min+step, ... are workers 0, 1, ..."""
   for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
     if name not in environ:
-      raise ValueError(f"{name} is not set but another SLURM_ARRAY_* variable is; "
+      raise BadInput(f"{name} is not set but another SLURM_ARRAY_* variable is; "
                        "give --worker=i/K")
   task = _env_int(environ, "SLURM_ARRAY_TASK_ID", 0)
   count = _env_int(environ, "SLURM_ARRAY_TASK_COUNT", 1)
@@ -333,7 +367,7 @@ def _slurm_worker(environ: Mapping[str, str]) -> tuple[int, int]:
   step = _env_int(environ, "SLURM_ARRAY_TASK_STEP", 1) if "SLURM_ARRAY_TASK_STEP" in environ else 1
   index, off_grid = divmod(task - first, step)
   if off_grid or not 0 <= index < count:
-    raise ValueError(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} evenly spaced tasks "
+    raise BadInput(f"SLURM_ARRAY_TASK_ID={task} is not one of {count} evenly spaced tasks "
                      f"from {first} by {step} (an --array list?); give --worker=i/K")
   return index, count
 
@@ -353,31 +387,31 @@ def worker_from(flag_value: str, environ: Mapping[str, str]) -> tuple[int, int]:
   if flag_value != "auto":
     prefix, _, text = flag_value.partition("/")
     if prefix != "auto" or not text.isdigit() or int(text) < 1:
-      raise ValueError(f"--worker must be i/K, auto or auto/K (K >= 1), got {flag_value!r}")
+      raise BadInput(f"--worker must be i/K, auto or auto/K (K >= 1), got {flag_value!r}")
     given_count = int(text)
   slurm = any(k.startswith("SLURM_ARRAY_") for k in environ)
   kubernetes = "JOB_COMPLETION_INDEX" in environ
   if slurm and kubernetes:
-    raise ValueError("both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are set: which "
+    raise BadInput("both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are set: which "
                      "scheduler launched this? give --worker=i/K")
   if slurm:
     index, count = _slurm_worker(environ)
     if given_count is not None and given_count != count:
-      raise ValueError(f"--worker={flag_value} contradicts SLURM_ARRAY_TASK_COUNT={count}")
+      raise BadInput(f"--worker={flag_value} contradicts SLURM_ARRAY_TASK_COUNT={count}")
   elif kubernetes:
     index = _env_int(environ, "JOB_COMPLETION_INDEX", 0)
     env_count = (_env_int(environ, WORKER_COUNT_VAR, 1) if WORKER_COUNT_VAR in environ
                  else None)
     if given_count is not None and env_count is not None and given_count != env_count:
-      raise ValueError(f"--worker={flag_value} contradicts {WORKER_COUNT_VAR}={env_count}")
+      raise BadInput(f"--worker={flag_value} contradicts {WORKER_COUNT_VAR}={env_count}")
     count = given_count or env_count
     if count is None:
-      raise ValueError(f"JOB_COMPLETION_INDEX={index} is set but not the worker count: set "
+      raise BadInput(f"JOB_COMPLETION_INDEX={index} is set but not the worker count: set "
                        f"{WORKER_COUNT_VAR} to the Job's completions, or give --worker=auto/K")
     if index >= count:
-      raise ValueError(f"JOB_COMPLETION_INDEX={index} must be < the worker count {count}")
+      raise BadInput(f"JOB_COMPLETION_INDEX={index} must be < the worker count {count}")
   elif given_count is not None or WORKER_COUNT_VAR in environ:
-    raise ValueError(f"--worker={flag_value} needs JOB_COMPLETION_INDEX or "
+    raise BadInput(f"--worker={flag_value} needs JOB_COMPLETION_INDEX or "
                      "SLURM_ARRAY_TASK_ID in the environment; give --worker=i/K")
   else:
     index, count = 0, 1

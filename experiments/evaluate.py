@@ -11,9 +11,10 @@ from absl import app, flags
 from etils import epath
 
 from experiments import cli
-from jscale.sweep.config import absolute_path
-from jscale.sweep.evaluate import evaluate_run
-from jscale.sweep.results import read_result
+from jscale.errors import BadInput
+from jscale.train.config import absolute_path
+from jscale.train.folder import read_result
+from jscale.train.restore import evaluate_run
 from jscale.train.sharding import data_parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder.")
@@ -27,7 +28,7 @@ _HOSTS = cli.define_host_flags()
 def _status(folder: epath.Path) -> str | None:
   try:
     return (read_result(folder) or {}).get("status")
-  except ValueError:  # a damaged result.json: not a finished run
+  except BadInput:  # a damaged result.json: not a finished run
     return None
 
 
@@ -35,34 +36,34 @@ def _run_folders(workdir: str) -> list[epath.Path]:
   """The folders to evaluate: --run (which must have finished) or every finished run."""
   runs = epath.Path(workdir) / "runs"
   if not runs.is_dir():
-    raise ValueError(f"--workdir {workdir} has no runs/ folder; is it a sweep's workdir?")
+    raise BadInput(f"--workdir {workdir} has no runs/ folder; is it a sweep's workdir?")
   if not _RUN.value:
     folders = [p for p in sorted(runs.iterdir()) if _status(p) == "done"]
     if not folders:
-      raise ValueError(f"--workdir {workdir} has no finished run to evaluate")
+      raise BadInput(f"--workdir {workdir} has no finished run to evaluate")
     return folders
   folder = runs / _RUN.value
   if "/" in _RUN.value or not folder.is_dir():
     known = sorted(p.name for p in runs.iterdir())
-    raise ValueError(f"--run {_RUN.value!r} is not a run of {workdir}; known: {known}")
+    raise BadInput(f"--run {_RUN.value!r} is not a run of {workdir}; known: {known}")
   status = _status(folder)
   if status != "done":
-    raise ValueError(f"--run {_RUN.value} has not finished (status {status or 'running'}); "
+    raise BadInput(f"--run {_RUN.value} has not finished (status {status or 'running'}); "
                      "resume its sweep first")
   return [folder]
 
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+    raise BadInput(f"unexpected arguments {argv[1:]}")
   if not _WORKDIR.value:
-    raise ValueError("--workdir is required: the sweep's folder")
+    raise BadInput("--workdir is required: the sweep's folder")
   if _STEP.value is not None and _STEP.value < 0:
-    raise ValueError(f"--step must be a checkpoint step >= 0, got {_STEP.value}")
+    raise BadInput(f"--step must be a checkpoint step >= 0, got {_STEP.value}")
   if _EVAL_BATCHES.value < 0:
-    raise ValueError(f"--eval_batches must be >= 0 (0 = the run's), got {_EVAL_BATCHES.value}")
+    raise BadInput(f"--eval_batches must be >= 0 (0 = the run's), got {_EVAL_BATCHES.value}")
   if _NUM_DEVICES.value < 0:
-    raise ValueError(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
+    raise BadInput(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
   cli.start_hosts(_HOSTS)
   workdir = absolute_path(_WORKDIR.value)
   folders = _run_folders(workdir)

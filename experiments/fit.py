@@ -19,10 +19,11 @@ from absl import app, flags
 
 from experiments import cli
 from jscale import fit as fit_lib
+from jscale.errors import BadInput
 from jscale.fit import table
 from jscale.sweep import analysis, report
-from jscale.sweep.config import absolute_path
 from jscale.sweep.results import read_comparable
+from jscale.train.config import absolute_path
 
 _CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
 _WORKDIR = flags.DEFINE_string("workdir", None,
@@ -67,7 +68,7 @@ def _law_name() -> str:
   law = _LAW.value or "chinchilla"
   if _IRREDUCIBLE.value:
     if law not in ("kaplan_n", "kaplan_d", "kaplan_c"):
-      raise ValueError(f"--irreducible applies to kaplan_n, kaplan_d or kaplan_c, got --law={law}")
+      raise BadInput(f"--irreducible applies to kaplan_n, kaplan_d or kaplan_c, got --law={law}")
     law += "_irreducible"
   if law != "isoflop":
     fit_lib.registry.get(law)
@@ -77,7 +78,7 @@ def _law_name() -> str:
 def _columns(cells) -> dict[str, np.ndarray]:
   if (analysis.is_results_table(cells) and _C_COL.value
       and not (_N_COL.value and _D_COL.value)):
-    raise ValueError(f"--c_col={_C_COL.value} on a jscale results table needs "
+    raise BadInput(f"--c_col={_C_COL.value} on a jscale results table needs "
                      "--n_col=params_non_embedding and --d_col=tokens too: its FLOPs follow "
                      "jscale.models.flops, not C = 6ND, so N and D cannot be derived from C")
   names = {"N": _N_COL.value, "D": _D_COL.value, "C": _C_COL.value, "P": _P_COL.value,
@@ -102,7 +103,7 @@ def _check_numbers() -> None:
                    "a finite number"))
   for flag, value, ok, allowed in checks:
     if not ok:
-      raise ValueError(f"{flag} must be {allowed}, got {value}")
+      raise BadInput(f"{flag} must be {allowed}, got {value}")
 
 
 def _check_identifiable(law: str, cols: dict[str, np.ndarray]) -> None:
@@ -120,7 +121,7 @@ def _check_sweep_workdir(workdir: str) -> str:
   """The workdir's results.csv, after checking the folder is a readable sweep whose fit
   can be written."""
   if not os.path.isdir(workdir):
-    raise ValueError(f"--workdir {workdir} " + ("is a file, not a sweep folder"
+    raise BadInput(f"--workdir {workdir} " + ("is a file, not a sweep folder"
                                                  if os.path.exists(workdir) else "does not exist"))
   read_comparable(workdir)
   cli.check_writable_file("--workdir", os.path.join(workdir, "fit.json"))
@@ -130,12 +131,12 @@ def _check_sweep_workdir(workdir: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+    raise BadInput(f"unexpected arguments {argv[1:]}")
   if bool(_CSV.value) == bool(_WORKDIR.value):
-    raise ValueError("give exactly one of --csv or --workdir")
+    raise BadInput("give exactly one of --csv or --workdir")
   holdout = None
   if (_HOLDOUT_COL.value is None) != (_HOLDOUT_AT.value is None):
-    raise ValueError("--holdout_covariate and --holdout_above go together")
+    raise BadInput("--holdout_covariate and --holdout_above go together")
   if _HOLDOUT_COL.value:
     holdout = (_HOLDOUT_COL.value, _HOLDOUT_AT.value)
   _check_numbers()
@@ -145,14 +146,15 @@ def main(argv):
     law = _law_name() if _LAW.value else None
     sweep = analysis.read_results(results_csv)  # a damaged table fails here, naming the file
     if law == fit_lib.ISOFLOP and not sweep.has_budgets():
-      raise ValueError(f"--law=isoflop needs IsoFLOP budgets but {results_csv} has no budget "
+      raise BadInput(f"--law=isoflop needs IsoFLOP budgets but {results_csv} has no budget "
                        "values; plan the sweep with sweep.budgets")
     fitted = analysis.fit_results(sweep, bootstrap=_BOOTSTRAP.value, seed=_SEED.value, law=law)
     print(analysis.summary(report.write_fit(fitted, workdir)))
+    report.draw_sweep_plots(workdir)
     return
   law = _law_name()
   if law == fit_lib.ISOFLOP and not _C_COL.value:
-    raise ValueError("--law=isoflop needs the budget column: give --c_col (the FLOP budget "
+    raise BadInput("--law=isoflop needs the budget column: give --c_col (the FLOP budget "
                      "of each IsoFLOP profile)")
   out = absolute_path(_OUT.value)
   plots = absolute_path(_PLOTS.value or os.path.join(os.path.dirname(out), "plots"))

@@ -17,8 +17,10 @@ from ml_collections import config_flags
 
 from experiments import cli
 from jscale import sweep
-from jscale.sweep import config as config_lib
+from jscale.errors import BadInput
+from jscale.sweep import batching
 from jscale.sweep.results import read_comparable
+from jscale.train import config as config_lib
 from jscale.train import hosts
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,9 +33,9 @@ _WORKER = flags.DEFINE_string(
     f"{cli.WORKER_COUNT_VAR} or --worker=auto/K), else 0/1.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and time estimate; train nothing.")
 _BATCH_RUNS = flags.DEFINE_enum(
-    "batch_runs", "auto", ["auto", "always", "never"],
-    "Train same-shape runs together as one program: auto = where a quick measurement on "
-    "this machine says it pays.")
+    "batch_runs", "auto", list(batching.MODES),
+    "Train same-shape runs together as one program: auto = where a rule of the shapes and "
+    "devices says it pays (jscale.sweep.batching), recorded in the workdir's batching.json.")
 _FIT = flags.DEFINE_bool("fit", True, "Fit the scaling law and draw plots after training.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices for data parallelism (0 = all).")
 _COMPILATION_CACHE = flags.DEFINE_string(
@@ -53,7 +55,7 @@ def _pin_overrides(config) -> None:
   """Run keys given on the command line must not be replaced by a sweep axis."""
   if "sweep" not in config:
     path = config_flags.get_config_filename(flags.FLAGS["config"])
-    raise ValueError(f"--config file {path} has no sweep section; experiments.sweep needs "
+    raise BadInput(f"--config file {path} has no sweep section; experiments.sweep needs "
                      "c.sweep = jscale.sweep.sweep_section() in get_config()")
   overridden = [k for k in cli.config_overrides(sys.argv) if not k.startswith("sweep.")]
   config.sweep.pinned = tuple(dict.fromkeys([*config.sweep.pinned, *overridden]))
@@ -61,9 +63,9 @@ def _pin_overrides(config) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}; overrides look like --config.a.b=value")
+    raise BadInput(f"unexpected arguments {argv[1:]}; overrides look like --config.a.b=value")
   if not _WORKDIR.value:
-    raise ValueError("--workdir is required: the sweep's folder (local path or gs://...)")
+    raise BadInput("--workdir is required: the sweep's folder (local path or gs://...)")
   workdir = config_lib.absolute_path(_WORKDIR.value)
   _check_workdir(workdir)
   config = _CONFIG.value
@@ -71,14 +73,15 @@ def main(argv):
   config_lib.make_paths_absolute(config)
   worker = cli.worker_from(_WORKER.value, os.environ)
   if _NUM_DEVICES.value < 0:
-    raise ValueError(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
+    raise BadInput(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
   cli.start_hosts(_HOSTS)
   if _COMPILATION_CACHE.value:
     cli.enable_compilation_cache(config_lib.absolute_path(_COMPILATION_CACHE.value))
   options = sweep.SweepOptions(workdir=workdir, worker=worker, dry_run=_DRY_RUN.value,
                                num_devices=_NUM_DEVICES.value, fit=_FIT.value,
                                batch_runs=_BATCH_RUNS.value)
-  sweep.run_sweep(config, options, should_stop=hosts.StopAgreement().install())
+  status = sweep.run_sweep(config, options, should_stop=hosts.StopAgreement().install())
+  return 1 if status == "failed" else 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 def tiny_config(width=16, **train_overrides):
   """A run config that trains in about a second: a small LM on synthetic text."""
-  from jscale.sweep import config as config_lib  # noqa: PLC0415
+  from jscale.train import config as config_lib  # noqa: PLC0415
 
   c = config_lib.base_config()
   c.model.width, c.model.depth, c.model.num_heads = width, 1, 2

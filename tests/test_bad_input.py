@@ -32,7 +32,7 @@ CONFIGS = ROOT / "experiments" / "configs"
 SERVER = textwrap.dedent("""
     import json, os, runpy, sys, time, traceback
     import jax, ml_collections.config_flags, absl.app  # the expensive imports, once
-    import experiments.cli, jscale.sweep.evaluate, jscale.fit, jscale.sweep
+    import experiments.cli, jscale.train.restore, jscale.fit, jscale.sweep
     print("ready", flush=True)
     for line in sys.stdin:
       case = json.loads(line)
@@ -247,7 +247,7 @@ SWEEP = [
                needles=("{cwd}/c.py", "No module named 'nosuchmodule'"),
                setup=_write("c.py", "import nosuchmodule\ndef get_config():\n  return None\n")),
     sweep_case("config_without_sweep_section", "--config=c.py", needles=("{cwd}/c.py", "sweep"),
-               setup=_write("c.py", "from jscale.sweep.config import base_config\n"
+               setup=_write("c.py", "from jscale.train.config import base_config\n"
                                     "def get_config():\n  return base_config()\n")),
     sweep_case("config_binary", "--config=c.py", needles=("{cwd}/c.py", "binary"),
                setup=_write("c.py", b"\x00\x01\xff\xfe" * 64)),
@@ -556,9 +556,9 @@ def test_read_only_storage_is_one_line(tmp_path, module, args, needles, setup):
 
 def _plan(config):
   from jscale import data as data_lib  # noqa: PLC0415
-  from jscale.sweep import config as config_lib  # noqa: PLC0415
   from jscale.sweep import plan as plan_lib  # noqa: PLC0415
   from jscale.sweep import spec as spec_lib  # noqa: PLC0415
+  from jscale.train import config as config_lib  # noqa: PLC0415
   dataset = data_lib.load(config_lib.data_spec(config))
   return plan_lib.plan_runs(config, spec_lib.sweep_spec(config.sweep), dataset)
 
@@ -615,7 +615,7 @@ def test_max_memory_refuses_below_parameters_and_adamw_state():
 
 
 def test_paths_resolve_once_and_leave_urls_and_run_ids(tmp_path, monkeypatch):
-  from jscale.sweep import config as config_lib  # noqa: PLC0415
+  from jscale.train import config as config_lib  # noqa: PLC0415
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
   assert config_lib.absolute_path("a/b") == str(tmp_path / "a" / "b")

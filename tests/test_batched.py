@@ -13,8 +13,8 @@ import pytest
 from conftest import train_alone
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
 from jscale.train import batched, build_run, grouping, train, train_group
+from jscale.train import config as config_lib
 from jscale.train.checkpoint import Checkpointer
 from jscale.train.optim import learning_rate_schedule
 from jscale.train.sharding import data_parallel
@@ -181,7 +181,7 @@ def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
   out = _run_isolated(f"""
       import json, jax
       from jscale import data as data_lib
-      from jscale.sweep import config as config_lib
+      from jscale.train import config as config_lib
       from jscale.train.sharding import data_parallel
       from jscale.train import train_group
       from test_batched import QUIET, records, tiny_config

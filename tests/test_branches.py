@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train import train, train_group
 from jscale.train.checkpoint import Checkpointer
 from jscale.train.loop import StartPoint

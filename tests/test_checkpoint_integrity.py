@@ -15,8 +15,8 @@ import pytest
 from conftest import tiny_config
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
 from jscale.train import build_run, train
+from jscale.train import config as config_lib
 from jscale.train.checkpoint import Checkpointer, state_digest
 from jscale.train.sharding import data_parallel
 

@@ -9,7 +9,7 @@ import pytest
 from jscale import data as data_lib
 from jscale import models
 from jscale.models import flops
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train.step import build_run
 
 

@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from jscale import models
 from jscale.models import transformer
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 
 
 def _init(spec, seed=0):

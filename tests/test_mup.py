@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from jscale import data as data_lib
 from jscale import models
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train.optim import make_optimizer
 from jscale.train.step import init_state, train_step_fn
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from jscale import models
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train.optim import cooldown_start, learning_rate_schedule, make_optimizer
 
 

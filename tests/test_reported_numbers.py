@@ -22,11 +22,11 @@ from scipy import optimize
 
 from jscale import data as data_lib
 from jscale import fit as fit_lib
-from jscale.sweep import config as config_lib
 from jscale.sweep import report
 from jscale.sweep import results as results_lib
-from jscale.sweep.restore import restore_params
+from jscale.train import config as config_lib
 from jscale.train import loop, train, train_group
+from jscale.train.restore import restore_params
 from jscale.train.sharding import data_parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,10 +15,10 @@ import pytest
 
 from experiments.configs import smoke
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
+from jscale.sweep import batching
 from jscale.sweep import plan as plan_lib
-from jscale.sweep import runner
 from jscale.sweep import spec as spec_lib
+from jscale.train import config as config_lib
 from jscale.train.sharding import data_parallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_isoflop_plan_trains_each_size_for_the_budget():
 
 
 def test_hours_warning_says_how_far_over():
-  from jscale.sweep.runner import hours_warning  # noqa: PLC0415
+  from jscale.sweep.preview import hours_warning  # noqa: PLC0415
   assert hours_warning(100.0, 0.0) is None and hours_warning(3600.0, 1.0) is None
   assert "(2.00x)" in hours_warning(7200.0, 1.0)
 
@@ -127,8 +127,8 @@ def test_dry_run_plans_and_trains_nothing(tmp_path, env):
 
 
 def _final_params(workdir):
-  from jscale.sweep.restore import load_run_config, restore_params  # noqa: PLC0415
-  from jscale.train.sharding import data_parallel  # noqa: PLC0415
+  from jscale.train.folder import read_config as load_run_config  # noqa: PLC0415
+  from jscale.train.restore import restore_params  # noqa: PLC0415
   out = {}
   for folder in sorted((workdir / "runs").iterdir()):
     c = load_run_config(folder)
@@ -372,20 +372,21 @@ def test_trunks_and_branches_survive_sigkill_and_equal_independent_runs(tmp_path
     assert again[0]["run_id"] == row["run_id"] and again[0]["val_loss"] == row["val_loss"]
 
 
-def test_a_resumed_sweep_reuses_the_recorded_batching_decisions():
+def test_batching_is_decided_by_shapes_and_devices_and_a_resume_keeps_the_record():
   c = smoke_config()
   c.sweep.widths, c.sweep.seeds = (8,), (0, 1, 2)
   dataset = data_lib.load(config_lib.data_spec(c))
   runs = plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
-  dp = data_parallel(1)
-  decisions = {}
-  first = runner.training_units(runs, dataset, dp, "auto", decisions)
-  assert len(decisions) == 1  # measured once, recorded
-  (batched,) = decisions.values()
-  assert [len(u) for u in first] == ([3] if batched else [1, 1, 1])
-  flipped = {name: not batched for name in decisions}  # as if an earlier process chose so
-  again = runner.training_units(runs, dataset, dp, "auto", flipped)
-  assert [len(u) for u in again] == ([1, 1, 1] if batched else [3])
+  cpu, h100 = {}, {}
+  assert [len(u) for u in batching.training_units(runs, "auto", "cpu", 8, cpu)] == [1, 1, 1]
+  assert [len(u) for u in batching.training_units(runs, "auto", "NVIDIA H100 80GB HBM3", 1,
+                                                  h100)] == [3]  # latency-bound on a GPU
+  assert list(cpu.values()) == [False] and list(h100.values()) == [True]
+  # The same inputs decide the same way; a recorded decision wins over the rule.
+  assert batching.training_units(runs, "auto", "cpu", 8, {}) == batching.training_units(
+      runs, "auto", "cpu", 8, dict(cpu))
+  assert [len(u) for u in batching.training_units(runs, "auto", "cpu", 8, h100)] == [3]
+  assert [len(u) for u in batching.training_units(runs, "never", "cpu", 8, h100)] == [1, 1, 1]
 
 
 def test_keys_added_later_keep_the_ids_of_existing_runs():

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from tensorboardX.proto import event_pb2
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
+from jscale.train import config as config_lib
 from jscale.train import metrics, train, train_group
 from jscale.train.sharding import data_parallel
 

@@ -9,10 +9,10 @@ import pytest
 from conftest import tiny_config, train_alone
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
-from jscale.sweep.evaluate import evaluate_run
+from jscale.train import config as config_lib
 from jscale.train import train
 from jscale.train.optim import learning_rate_schedule
+from jscale.train.restore import evaluate_run
 from jscale.train.sharding import data_parallel
 
 

@@ -14,9 +14,9 @@ from conftest import tiny_config
 from test_compress_distillation import reference as distillation_reference
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
-from jscale.sweep.restore import compression_for, load_run_spec, restore_params
+from jscale.train import config as config_lib
 from jscale.train import train
+from jscale.train.restore import compression_for, load_run_spec, restore_params
 from jscale.train.sharding import data_parallel
 
 

@@ -9,7 +9,7 @@ box. Quick variant: ``--config.train.steps=50 --config.sweep.widths='(16,64)'``.
 """
 
 from jscale.sweep import sweep_section
-from jscale.sweep.config import base_config
+from jscale.train.config import base_config
 
 
 def get_config(family: str = "mlp"):

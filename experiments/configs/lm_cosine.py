@@ -11,7 +11,7 @@ width, no depth): BUILD_NOTES.md, "Sweep planning and runner".
 """
 
 from jscale.sweep import sweep_section
-from jscale.sweep.config import base_config
+from jscale.train.config import base_config
 
 
 def get_config():

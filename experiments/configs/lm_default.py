@@ -18,7 +18,7 @@ Smaller variant for a quick look: ``--config.sweep.widths='(32,64)' --config.swe
 """
 
 from jscale.sweep import sweep_section
-from jscale.sweep.config import base_config
+from jscale.train.config import base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Three tiny LMs on Shakespeare, 12 steps each, checkpoints every 4 steps.
 """
 
 from jscale.sweep import sweep_section
-from jscale.sweep.config import base_config
+from jscale.train.config import base_config
 
 
 def get_config():

@@ -17,6 +17,7 @@ from jscale.compress.quantization import (
   int8_apply,
   quantize_params,
 )
+from jscale.errors import BadInput
 
 PASSES: dict[str, type] = {
     p.name: p for p in (Identity, MagnitudePruning, PostTrainingQuantization,
@@ -27,11 +28,11 @@ PASSES: dict[str, type] = {
 def make_pass(name: str, **fields) -> CompressionPass:
   """The registered pass ``name`` built from keyword fields; bad input -> ValueError."""
   if name not in PASSES:
-    raise ValueError(f"compress pass must be one of {', '.join(PASSES)}, got {name!r}")
+    raise BadInput(f"compress pass must be one of {', '.join(PASSES)}, got {name!r}")
   allowed = [f.name for f in dataclasses.fields(PASSES[name])]
   for field in fields:
     if field not in allowed:
-      raise ValueError(f"compress.{name}.{field} is not a field of the {name} pass; "
+      raise BadInput(f"compress.{name}.{field} is not a field of the {name} pass; "
                        f"allowed: {', '.join(allowed) or 'none'}")
   return PASSES[name](**fields)
 
@@ -46,10 +47,10 @@ class Composed:
     names = [p.name for p in self.passes]
     for name in set(names):
       if names.count(name) > 1:
-        raise ValueError(f"compress passes must be distinct, got {name!r} twice in {names}")
+        raise BadInput(f"compress passes must be distinct, got {name!r} twice in {names}")
     quantizers = [n for n in names if n in ("ptq", "qat")]
     if len(quantizers) > 1 or (quantizers and names[-1] != quantizers[0]):
-      raise ValueError(f"compress passes may hold one of ptq/qat and it must come last, "
+      raise BadInput(f"compress passes may hold one of ptq/qat and it must come last, "
                        f"got {names}")
 
   @property

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jscale.errors import BadInput
+
 ApplyFn = Callable  # (params, inputs) -> logits
 LossFn = Callable  # (logits, batch) -> scalar
 
@@ -116,7 +118,7 @@ def selector(include: str, field: str) -> Callable:
     try:
       pattern = re.compile(include)
     except re.error as e:
-      raise ValueError(f"{field} must be a valid regex, got {include!r} ({e})") from None
+      raise BadInput(f"{field} must be a valid regex, got {include!r} ({e})") from None
     return lambda path, leaf: np.ndim(leaf) >= 1 and bool(pattern.search(path_name(path)))
   return lambda path, leaf: getattr(path[-1], "key", None) == "kernel" and np.ndim(leaf) >= 2
 
@@ -126,7 +128,7 @@ def selected(params, select: Callable, field: str, include: str):
   flags = jax.tree_util.tree_map_with_path(select, params)
   if not any(jax.tree.leaves(flags)):
     example = path_name(jax.tree_util.tree_leaves_with_path(params)[0][0])
-    raise ValueError(f"{field} matched no parameter, got {include!r}"
+    raise BadInput(f"{field} matched no parameter, got {include!r}"
                      f" (paths look like {example!r})")
   return flags
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jscale.compress import base
+from jscale.errors import BadInput
 
 
 def soft_kl(teacher_logits, student_logits, temperature: float):
@@ -49,19 +50,19 @@ class Distillation(base.Identity):
 
   def __post_init__(self):
     if self.teacher_apply is None or self.teacher_params is None:
-      raise ValueError("compress.distill.teacher must be given (teacher_apply and "
+      raise BadInput("compress.distill.teacher must be given (teacher_apply and "
                        "teacher_params from a restored run), got none")
     if not self.temperature > 0:
-      raise ValueError(f"compress.distill.temperature must be > 0, got {self.temperature}")
+      raise BadInput(f"compress.distill.temperature must be > 0, got {self.temperature}")
     if not 0.0 <= self.weight <= 1.0:
-      raise ValueError(f"compress.distill.weight must be in [0, 1], got {self.weight}")
+      raise BadInput(f"compress.distill.weight must be in [0, 1], got {self.weight}")
 
   def wrap_loss(self, loss_fn):
     def loss(logits, batch):
       teacher_logits = jax.lax.stop_gradient(
           self.teacher_apply(self.teacher_params, batch["inputs"]))
       if teacher_logits.shape != logits.shape:
-        raise ValueError(f"compress.distill.teacher logits have shape {teacher_logits.shape}"
+        raise BadInput(f"compress.distill.teacher logits have shape {teacher_logits.shape}"
                          f" (vocabulary {teacher_logits.shape[-1]}), the student's "
                          f"{logits.shape} (vocabulary {logits.shape[-1]}); they must match")
       return distillation_loss(loss_fn(logits, batch), teacher_logits, logits,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jscale.compress import base
+from jscale.errors import BadInput
 
 STRUCTURES = ("unstructured", "n:m")
 SCOPES = ("layer", "global")
@@ -92,25 +93,25 @@ class MagnitudePruning(base.Identity):
   when: str = "gradual"
   start_step: int = 0
   end_step: int = 1000
-  update_every: int = 100
+  update_every: int = 10
   include: str = ""
 
   def __post_init__(self):
     f = "compress.prune"
     if not 0.0 <= self.sparsity < 1.0:
-      raise ValueError(f"{f}.sparsity must be in [0, 1), got {self.sparsity}")
+      raise BadInput(f"{f}.sparsity must be in [0, 1), got {self.sparsity}")
     for field, value, allowed in (("scope", self.scope, SCOPES),
                                   ("structure", self.structure, STRUCTURES),
                                   ("when", self.when, WHEN)):
       if value not in allowed:
-        raise ValueError(f"{f}.{field} must be one of {', '.join(allowed)}, got {value!r}")
+        raise BadInput(f"{f}.{field} must be one of {', '.join(allowed)}, got {value!r}")
     if self.structure == "n:m" and not 0 < self.n < self.m:
-      raise ValueError(f"{f}.n must satisfy 0 < n < m for N:M pruning, got n={self.n} m={self.m}")
+      raise BadInput(f"{f}.n must satisfy 0 < n < m for N:M pruning, got n={self.n} m={self.m}")
     if not 0 <= self.start_step <= self.end_step:
-      raise ValueError(f"{f}.end_step must be >= start_step >= 0, got start_step="
+      raise BadInput(f"{f}.end_step must be >= start_step >= 0, got start_step="
                        f"{self.start_step} end_step={self.end_step}")
     if self.update_every < 1:
-      raise ValueError(f"{f}.update_every must be a positive integer, got {self.update_every}")
+      raise BadInput(f"{f}.update_every must be a positive integer, got {self.update_every}")
     base.selector(self.include, f"{f}.include")  # a bad regex fails at start-up
 
   # -- masks -------------------------------------------------------------------------
@@ -122,7 +123,7 @@ class MagnitudePruning(base.Identity):
       for flag, (path, leaf) in zip(jax.tree.leaves(flags),
                                     jax.tree_util.tree_leaves_with_path(params)):
         if flag and (leaf.size // leaf.shape[-1]) % self.m:
-          raise ValueError(f"compress.prune.m={self.m} must divide the contracting size of "
+          raise BadInput(f"compress.prune.m={self.m} must divide the contracting size of "
                            f"{base.path_name(path)} (shape {leaf.shape})")
     return flags
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 from jscale.compress import base
+from jscale.errors import BadInput
 
 BITS = (4, 8)
 LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv)
@@ -190,9 +191,9 @@ def quantize_params(params, bits: int = 8, include: str = "", field: str = "comp
 
 def _check(field: str, bits: int, activation_bits, include: str) -> None:
   if bits not in BITS:
-    raise ValueError(f"{field}.bits must be one of {', '.join(map(str, BITS))}, got {bits}")
+    raise BadInput(f"{field}.bits must be one of {', '.join(map(str, BITS))}, got {bits}")
   if activation_bits not in (*BITS, 0):
-    raise ValueError(f"{field}.activation_bits must be 0 (float) or one of "
+    raise BadInput(f"{field}.activation_bits must be 0 (float) or one of "
                      f"{', '.join(map(str, BITS))}, got {activation_bits}")
   base.selector(include, f"{field}.include")
 

@@ -15,6 +15,7 @@ import numbers
 
 from jscale.data import cache as cache_lib
 from jscale.data import corpora, images, synthetic, text
+from jscale.errors import BadInput
 
 TEXT_CORPORA = ("shakespeare", "stdlib", "gcide", "files", "synthetic_text")
 IMAGE_CORPORA = ("mnist", "digits", "fashion_mnist", "synthetic_images")
@@ -36,23 +37,23 @@ class DataSpec:
 def check_spec(spec: DataSpec) -> None:
   """ValueError (one line, naming the field) for a malformed spec."""
   if spec.name not in CORPORA:
-    raise ValueError(f"data.name must be one of {', '.join(CORPORA)}, "
+    raise BadInput(f"data.name must be one of {', '.join(CORPORA)}, "
                      f"got {spec.name!r}")
   if (not isinstance(spec.seq_len, numbers.Integral)
       or isinstance(spec.seq_len, bool) or spec.seq_len < 1):
-    raise ValueError(f"data.seq_len must be a positive integer, got {spec.seq_len!r}")
+    raise BadInput(f"data.seq_len must be a positive integer, got {spec.seq_len!r}")
   if (not isinstance(spec.validation_fraction, numbers.Real)
       or isinstance(spec.validation_fraction, bool)
       or not 0 < spec.validation_fraction < 1):
-    raise ValueError(f"data.validation_fraction must be a number in (0, 1), "
+    raise BadInput(f"data.validation_fraction must be a number in (0, 1), "
                      f"got {spec.validation_fraction!r}")
   if not isinstance(spec.files_glob, str) or (spec.name == "files") != bool(
       spec.files_glob):
-    raise ValueError(f"data.files_glob must be a non-empty glob exactly when "
+    raise BadInput(f"data.files_glob must be a non-empty glob exactly when "
                      f"data.name is 'files', got {spec.files_glob!r} with data.name="
                      f"{spec.name!r}")
   if not isinstance(spec.cache_dir, str):
-    raise ValueError(f"data.cache_dir must be a string, got {spec.cache_dir!r}")
+    raise BadInput(f"data.cache_dir must be a string, got {spec.cache_dir!r}")
 
 
 def _text_documents(spec: DataSpec) -> tuple[tuple[text.Document, ...], dict]:

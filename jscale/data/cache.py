@@ -18,6 +18,8 @@ import hashlib
 import os
 import pathlib
 
+from jscale.errors import BadInput
+
 ENV_VAR = "JSCALE_DATA_DIR"
 
 
@@ -113,7 +115,7 @@ def pip_file(name: str, cache: pathlib.Path) -> pathlib.Path:
     raise missing_error(name, cache)
   actual = sha256_of_file(path)
   if actual != source.sha256:
-    raise ValueError(f"corpus {name!r} file {path} has sha256 {actual}, expected "
+    raise BadInput(f"corpus {name!r} file {path} has sha256 {actual}, expected "
                      f"{source.sha256}; replace it with: "
                      f"{install_command(name, cache)}")
   return path

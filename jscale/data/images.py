@@ -26,6 +26,7 @@ import numpy as np
 
 from jscale.data import cache as cache_lib
 from jscale.data import order
+from jscale.errors import BadInput
 
 NUM_CLASSES = 10
 SPLIT_SEED = 0
@@ -69,7 +70,7 @@ def stratified_split(labels: np.ndarray, validation_fraction: float
   for label in np.unique(labels):
     members = rng.permutation(np.flatnonzero(labels == label))
     if members.size < 2:
-      raise ValueError(f"class {label} has {members.size} example, fewer than the "
+      raise BadInput(f"class {label} has {members.size} example, fewer than the "
                        f"2 a train/validation split needs")
     num_validation = min(max(1, math.ceil(validation_fraction * members.size)),
                          members.size - 1)
@@ -118,7 +119,7 @@ class ImageDataset:
       raise ValueError(f"num_batches must be a positive integer, got {num_batches!r}")
     available = self._validation.labels.size // batch_size
     if available < 1:
-      raise ValueError(f"validation split of {self.name!r} has "
+      raise BadInput(f"validation split of {self.name!r} has "
                        f"{self._validation.labels.size} images, fewer than one "
                        f"batch of {batch_size}")
     return [self._validation.batch(b * batch_size + rows)
@@ -153,7 +154,7 @@ def _csv_images(csv: bytes, side: int, max_pixel: float) -> Images:
   """Rows of side*side pixel values, then the label."""
   rows = np.loadtxt(io.BytesIO(csv), delimiter=",", dtype=np.int64, ndmin=2)
   if rows.shape[1] != side * side + 1:
-    raise ValueError(f"expected {side * side + 1} columns per CSV row, "
+    raise BadInput(f"expected {side * side + 1} columns per CSV row, "
                      f"got {rows.shape[1]}")
   images = rows[:, :-1].astype(np.uint8).reshape(-1, side, side, 1)
   return Images(images, rows[:, -1], max_pixel)
@@ -178,12 +179,12 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
   if raw[:2] == b"\x1f\x8b":
     raw = gzip.decompress(raw)
   if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
-    raise ValueError(f"{path} is not an idx file (bad magic {raw[:4].hex()})")
+    raise BadInput(f"{path} is not an idx file (bad magic {raw[:4].hex()})")
   dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
   shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
   body = raw[4 + 4 * ndim:]
   if len(body) != math.prod(shape) * dtype.itemsize:
-    raise ValueError(f"{path}: idx header says shape {shape}, but the body has "
+    raise BadInput(f"{path}: idx header says shape {shape}, but the body has "
                      f"{len(body)} bytes")
   return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -192,7 +193,7 @@ def _idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
   for candidate in (folder / stem, folder / f"{stem}.gz"):
     if candidate.is_file():
       return candidate
-  raise ValueError(f"fashion-mnist folder {folder} lacks {stem}[.gz]")
+  raise BadInput(f"fashion-mnist folder {folder} lacks {stem}[.gz]")
 
 
 @functools.lru_cache(maxsize=2)

@@ -26,6 +26,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jscale.data import order
+from jscale.errors import BadInput
 
 VOCAB_SIZE = 256
 
@@ -42,7 +43,7 @@ def split_documents(documents: Sequence[Document], validation_fraction: float
                     ) -> tuple[list[Document], list[Document]]:
   """(train, validation) documents, each list in name order; see SPLIT_RULE."""
   if len(documents) < 2:
-    raise ValueError(f"a text corpus needs at least 2 documents to split into "
+    raise BadInput(f"a text corpus needs at least 2 documents to split into "
                      f"train and validation, got {len(documents)}")
   by_hash = sorted(documents,
                    key=lambda d: hashlib.sha256(d.name.encode()).hexdigest())
@@ -93,7 +94,7 @@ class TextDataset:
     # With any offset in [0, W), this many windows still fit in the stream.
     self._windows_per_epoch = (self._train.size - self._window + 1) // self._window
     if self._windows_per_epoch < 1:
-      raise ValueError(f"data.seq_len={seq_len} is too long for corpus {name!r}, "
+      raise BadInput(f"data.seq_len={seq_len} is too long for corpus {name!r}, "
                        f"whose training split has {self._train.size} tokens")
 
   @property
@@ -125,7 +126,7 @@ class TextDataset:
       raise ValueError(f"num_batches must be a positive integer, got {num_batches!r}")
     available = self._validation.size // self._window // batch_size
     if available < 1:
-      raise ValueError(
+      raise BadInput(
           f"validation split of {self.name!r} has {self._validation.size} tokens, "
           f"fewer than one batch of {batch_size} x {self._window}; lower "
           f"batch_size or data.seq_len, or raise data.validation_fraction")

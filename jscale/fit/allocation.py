@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 from scipy import optimize as scipy_optimize
 
+from jscale.errors import BadInput, FitError
+
 
 @dataclasses.dataclass(frozen=True)
 class Allocation:
@@ -31,10 +33,10 @@ class Allocation:
 def chinchilla_allocation(params: dict[str, float], compute: float) -> Allocation:
   """Closed-form N_opt, D_opt at ``compute`` FLOPs for natural params E, A, B, alpha, beta."""
   if not compute > 0:
-    raise ValueError(f"compute must be a positive number of FLOPs, got {compute}")
+    raise BadInput(f"compute must be a positive number of FLOPs, got {compute}")
   alpha, beta, a_coef, b_coef = params["alpha"], params["beta"], params["A"], params["B"]
   if not (alpha > 0 and beta > 0):
-    raise ValueError(f"allocation needs positive exponents, got alpha={alpha}, beta={beta}")
+    raise FitError(f"allocation needs positive exponents, got alpha={alpha}, beta={beta}")
   a_share, b_share = beta / (alpha + beta), alpha / (alpha + beta)
   g = (alpha * a_coef / (beta * b_coef)) ** (1.0 / (alpha + beta))
   n_opt = g * (compute / 6.0) ** a_share

@@ -13,6 +13,7 @@ the table lacks (see ``approaches``).
 import jax
 import numpy as np
 
+from jscale.errors import BadInput, FitError
 from jscale.fit import allocation as allocation_lib
 from jscale.fit import approaches, compression, optimize, registry, report, table
 from jscale.fit import bootstrap as bootstrap_lib
@@ -26,7 +27,7 @@ def complete_columns(needed: tuple[str, ...],
   cols = {k: table.check_fraction(k, v) if k == "S" else table.check_positive(k, v)
           for k, v in columns.items() if v is not None}
   if "loss" not in cols:
-    raise ValueError(f"a loss column is required, got columns {sorted(cols)}")
+    raise BadInput(f"a loss column is required, got columns {sorted(cols)}")
   if "D" in needed and "D" not in cols and {"C", "N"} <= set(cols):
     cols["D"] = cols["C"] / (6 * cols["N"])
   if "C" in needed and "C" not in cols and {"N", "D"} <= set(cols):
@@ -35,11 +36,11 @@ def complete_columns(needed: tuple[str, ...],
     cols["N"] = cols["C"] / (6 * cols["D"])
   missing = [k for k in needed if k not in cols]
   if missing:
-    raise ValueError(f"law needs columns {list(needed)}; missing {missing} "
+    raise BadInput(f"law needs columns {list(needed)}; missing {missing} "
                      f"(given {sorted(cols)})")
   lengths = {k: len(v) for k, v in cols.items()}
   if len(set(lengths.values())) != 1:
-    raise ValueError(f"columns must have equal lengths, got {lengths}")
+    raise BadInput(f"columns must have equal lengths, got {lengths}")
   return cols
 
 
@@ -79,11 +80,11 @@ def predict(result: report.FitResult, columns: dict[str, np.ndarray]) -> np.ndar
   """The fitted law's loss at new covariate values (same keys as ``fit``; extra keys are
   ignored)."""
   if result.theta is None:
-    raise ValueError(f"law {result.law} has no parametric prediction")
+    raise BadInput(f"law {result.law} has no parametric prediction")
   law = registry.get(result.law)
   missing = [c for c in law.covariates if c not in columns]
   if missing:
-    raise ValueError(f"predict needs columns {list(law.covariates)}; missing {missing}")
+    raise BadInput(f"predict needs columns {list(law.covariates)}; missing {missing}")
   return _predict(law, result.theta,
                   {c: np.asarray(columns[c], np.float64) for c in law.covariates})
 
@@ -91,10 +92,10 @@ def predict(result: report.FitResult, columns: dict[str, np.ndarray]) -> np.ndar
 def _extrapolation(law, cols, holdout, delta, schedule, residual, reduction):
   covariate, threshold = holdout
   if covariate not in cols:
-    raise ValueError(f"holdout covariate must be one of {sorted(cols)}, got {covariate!r}")
+    raise BadInput(f"holdout covariate must be one of {sorted(cols)}, got {covariate!r}")
   inside = cols[covariate] <= threshold
   if inside.sum() < law.n_params or (~inside).sum() == 0:
-    raise ValueError(f"holdout threshold {threshold:g} on {covariate} leaves "
+    raise BadInput(f"holdout threshold {threshold:g} on {covariate} leaves "
                      f"{int(inside.sum())} points to fit and {int((~inside).sum())} to check; "
                      f"need >= {law.n_params} and >= 1")
   log_x = _log_x(law, {c: cols[c][inside] for c in law.covariates})
@@ -131,9 +132,9 @@ def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
     notes: lines carried into the result (e.g. rows excluded upstream).
   """
   if not huber_delta > 0:
-    raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
+    raise BadInput(f"huber_delta must be > 0, got {huber_delta}")
   if bootstrap < 0:
-    raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    raise BadInput(f"bootstrap must be >= 0 resamples, got {bootstrap}")
   if law == ISOFLOP:
     return _fit_isoflop(columns, bootstrap=bootstrap, seed=seed, notes=notes)
   spec = registry.get(law)
@@ -141,9 +142,9 @@ def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
   cols = complete_columns(spec.covariates, columns)
   n = len(cols["loss"])
   if n < spec.n_params:
-    raise ValueError(f"law {law} has {spec.n_params} parameters but only {n} points were given")
+    raise FitError(f"law {law} has {spec.n_params} parameters but only {n} points were given")
   if compute is not None and law != "chinchilla":
-    raise ValueError(f"compute allocation needs law chinchilla, got {law!r}")
+    raise BadInput(f"compute allocation needs law chinchilla, got {law!r}")
   schedule = optimize.PRUNED_SCHEDULE if prune else optimize.FULL_SCHEDULE
   log_x = _log_x(spec, cols)
   target = _target(residual, cols["loss"])
@@ -206,7 +207,7 @@ def _fit_isoflop(columns, *, bootstrap, seed, notes) -> report.FitResult:
   the tokens trained, never from C / (6N)."""
   if columns.get("C") is None:
     given = sorted(k for k, v in columns.items() if v is not None)
-    raise ValueError(f"isoflop needs the compute budget column C (one profile per budget), "
+    raise FitError(f"isoflop needs the compute budget column C (one profile per budget), "
                      f"got columns {given}")
   cols = complete_columns(("C",), columns)
   out = approaches.frontier(cols["C"], cols["loss"], n=cols.get("N"), d=cols.get("D"),

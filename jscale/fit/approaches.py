@@ -19,6 +19,7 @@ import dataclasses
 
 import numpy as np
 
+from jscale.errors import FitError
 from jscale.fit import bootstrap as bootstrap_lib
 
 FROM_PARABOLA = {"N": "parabola in log N", "D": "parabola in log D"}
@@ -38,7 +39,7 @@ class PowerLaw:
 def fit_power_law(x: np.ndarray, y: np.ndarray) -> PowerLaw:
   """Least-squares line through (log x, log y)."""
   if len(x) < 2 or np.ptp(np.log(x)) == 0:
-    raise ValueError(f"a power law needs at least 2 distinct x values, got {len(np.unique(x))}")
+    raise FitError(f"a power law needs at least 2 distinct x values, got {len(np.unique(x))}")
   exponent, log_coef = np.polyfit(np.log(x), np.log(y), 1)
   return PowerLaw(float(np.exp(log_coef)), float(exponent))
 
@@ -82,7 +83,7 @@ def isoflop_minima(compute: np.ndarray, loss: np.ndarray, covariates: dict[str, 
     for name, value in found.items():
       minima[name].append(value)
   if len(budgets) < 2:
-    raise ValueError(f"isoflop needs at least 2 budgets with >= 3 model sizes and a convex "
+    raise FitError(f"isoflop needs at least 2 budgets with >= 3 model sizes and a convex "
                      f"profile, got {len(budgets)}")
   return np.asarray(budgets), {name: np.asarray(v) for name, v in minima.items()}
 
@@ -91,7 +92,7 @@ def optima(compute: np.ndarray, loss: np.ndarray, n: np.ndarray | None, d: np.nd
   """``(C, N*, D*, sources)`` per budget; a missing column's optimum from C = 6ND."""
   covariates = {name: x for name, x in (("N", n), ("D", d)) if x is not None}
   if not covariates:
-    raise ValueError("isoflop needs a parameter column N or a token column D, got neither")
+    raise FitError("isoflop needs a parameter column N or a token column D, got neither")
   budgets, found = isoflop_minima(compute, loss, covariates)
   n_star = found["N"] if "N" in found else budgets / (6 * found["D"])
   d_star = found["D"] if "D" in found else budgets / (6 * found["N"])
@@ -125,7 +126,7 @@ def frontier(compute: np.ndarray, loss: np.ndarray, *, n: np.ndarray | None = No
     for _ in range(n_resamples):
       try:
         nl, dl, _, _ = both(rng.integers(0, len(loss), len(loss)))
-      except ValueError:
+      except FitError:
         continue  # a resample without enough budgets carries no frontier
       for key, value in (("n_coef", nl.coef), ("n_exponent", nl.exponent),
                          ("d_coef", dl.coef), ("d_exponent", dl.exponent)):

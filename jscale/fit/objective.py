@@ -9,6 +9,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from jscale.errors import BadInput
 from jscale.fit import registry
 
 Array = jax.Array
@@ -38,7 +39,7 @@ def objective(theta: Array, law: registry.Law, log_x: Mapping[str, Array], log_y
   if reduction == "mean":
     total = total / jnp.sum(weights)
   elif reduction != "sum":
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    raise BadInput(f"reduction must be 'sum' or 'mean', got {reduction!r}")
   low = jnp.asarray([b[0] for b in law.bounds], theta.dtype)
   high = jnp.asarray([b[1] for b in law.bounds], theta.dtype)
   inside = jnp.all((theta >= low) & (theta <= high))
@@ -91,7 +92,7 @@ def batched_value_and_grad(law: registry.Law, log_x: Mapping[str, Array], log_y:
   Outside the bounds the value is +inf and the gradient 0.
   """
   if reduction not in ("sum", "mean"):
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    raise BadInput(f"reduction must be 'sum' or 'mean', got {reduction!r}")
   if law.name != "chinchilla":
     return jax.vmap(jax.value_and_grad(
         lambda theta: objective(theta, law, log_x, log_y, weights, delta, reduction)))

@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from jscale.errors import BadInput
 from jscale.fit import laws
 
 RESIDUALS = ("log", "linear")
@@ -119,7 +120,7 @@ def register(law: Law) -> Law:
 def get(name: str) -> Law:
   """Looks a law up by name."""
   if name not in _REGISTRY:
-    raise ValueError(f"law must be one of {names()}, got {name!r}")
+    raise BadInput(f"law must be one of {names()}, got {name!r}")
   return _REGISTRY[name]
 
 
@@ -136,7 +137,7 @@ def for_residual(law: Law, residual: str) -> Law:
   laws up by name).
   """
   if residual not in RESIDUALS:
-    raise ValueError(f"residual must be one of {list(RESIDUALS)}, got {residual!r}")
+    raise BadInput(f"residual must be one of {list(RESIDUALS)}, got {residual!r}")
   if residual == "log":
     return law
   name = f"{law.name}:linear"

@@ -5,29 +5,31 @@ import os
 
 import numpy as np
 
+from jscale.errors import BadInput, FitError
+
 
 def read_csv(path: str) -> dict[str, list[str]]:
   """Column name -> list of raw cell strings; a missing, unreadable, malformed or
   empty file is a one-line ValueError naming it."""
   if os.path.isdir(path):
-    raise ValueError(f"csv file {path!r} is a folder; give the CSV file itself")
+    raise BadInput(f"csv file {path!r} is a folder; give the CSV file itself")
   if not os.path.isfile(path):
-    raise ValueError(f"csv file {path!r} does not exist")
+    raise BadInput(f"csv file {path!r} does not exist")
   try:
     with open(path, newline="", encoding="utf-8") as f:
       reader = csv.DictReader(f)
       fieldnames = reader.fieldnames
       rows = list(reader)
   except OSError as e:
-    raise ValueError(f"csv file {path!r} cannot be read: {e.strerror or e}") from None
+    raise BadInput(f"csv file {path!r} cannot be read: {e.strerror or e}") from None
   except UnicodeDecodeError:
-    raise ValueError(f"csv file {path!r} is not UTF-8 text") from None
+    raise BadInput(f"csv file {path!r} is not UTF-8 text") from None
   except csv.Error as e:  # e.g. a field over csv.field_size_limit(), a NUL byte
-    raise ValueError(f"csv file {path!r} is not a readable CSV table: {e}") from None
+    raise BadInput(f"csv file {path!r} is not a readable CSV table: {e}") from None
   if not fieldnames:
-    raise ValueError(f"csv file {path!r} has no header row")
+    raise BadInput(f"csv file {path!r} has no header row")
   if not rows:
-    raise ValueError(f"csv file {path!r} has a header but no data rows")
+    raise BadInput(f"csv file {path!r} has a header but no data rows")
   return {name: [row.get(name) or "" for row in rows] for name in fieldnames}
 
 
@@ -39,19 +41,19 @@ def check_identifiable(law: str, covariates: tuple[str, ...], n_params: int,
   for key in covariates:
     values = np.unique(columns[key])
     if values.size < 2:
-      raise ValueError(f"column {names.get(key, key)} ({key}) has the single value "
+      raise FitError(f"column {names.get(key, key)} ({key}) has the single value "
                        f"{values[0]:g} in all {len(columns[key])} rows; law {law} cannot be "
                        f"fitted unless {key} varies")
   points = np.unique(np.stack([columns[key] for key in covariates], axis=1), axis=0)
   if len(points) < n_params:
     shown = ", ".join(names.get(k, k) for k in covariates)
-    raise ValueError(f"law {law} has {n_params} parameters but the rows hold only "
+    raise FitError(f"law {law} has {n_params} parameters but the rows hold only "
                      f"{len(points)} distinct ({shown}) points; add runs at new sizes")
 
 
 def require_column(table: dict[str, list[str]], name: str) -> list[str]:
   if name not in table:
-    raise ValueError(f"column {name!r} not found; columns are {list(table)}")
+    raise BadInput(f"column {name!r} not found; columns are {list(table)}")
   return table[name]
 
 
@@ -93,7 +95,7 @@ def _check(name: str, values: np.ndarray, ok: np.ndarray, allowed: str) -> np.nd
   if bad.size:
     shown = ", ".join(f"row {i}: {values[i]}" for i in bad[:5])
     more = f" and {bad.size - 5} more" if bad.size > 5 else ""
-    raise ValueError(f"column {name} must be {allowed}; bad values at {shown}{more}")
+    raise BadInput(f"column {name} must be {allowed}; bad values at {shown}{more}")
   return values
 
 
@@ -101,7 +103,7 @@ def drop_highest_loss(columns: dict[str, np.ndarray], k: int) -> dict[str, np.nd
   """``columns`` without the rows of the ``k`` highest losses (the standard analysis of
   the Chinchilla data drops 5)."""
   if not isinstance(k, int) or not 0 <= k < len(columns["loss"]):
-    raise ValueError(f"drop_highest_loss must be an integer in [0, {len(columns['loss'])}), "
+    raise BadInput(f"drop_highest_loss must be an integer in [0, {len(columns['loss'])}), "
                      f"got {k!r}")
   if k == 0:
     return columns

@@ -8,6 +8,7 @@ orbax all want).
 
 import dataclasses
 
+from jscale.errors import BadInput
 from jscale.models.cnn import CNNSpec
 from jscale.models.mlp import MLPSpec
 from jscale.models.spec import ModelSpec, ParamCounts
@@ -21,13 +22,13 @@ FAMILIES: dict[str, type] = {
 def make_spec(family: str, **fields) -> ModelSpec:
   """Builds the spec of ``family`` from keyword fields; bad input -> ValueError."""
   if family not in FAMILIES:
-    raise ValueError(
+    raise BadInput(
         f"model.family must be one of {', '.join(FAMILIES)}, got {family!r}")
   spec_class = FAMILIES[family]
   allowed = [f.name for f in dataclasses.fields(spec_class)]
   for name in fields:
     if name not in allowed:
-      raise ValueError(
+      raise BadInput(
           f"model.{name} is not a field of the {family} family; allowed:"
           f" {', '.join(allowed)}")
   return spec_class(**fields)

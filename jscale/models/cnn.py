@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jscale.errors import BadInput
 from jscale.models import spec as spec_lib
 
 MAX_DOWNSAMPLES = 2
@@ -63,7 +64,7 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
   def __post_init__(self):
     super().__post_init__()
     if self.parametrization != "sp":
-      raise ValueError(
+      raise BadInput(
           "model.parametrization must be sp for the cnn family (mup is implemented for"
           f" transformer and mlp), got {self.parametrization!r}")
 

@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jscale.errors import BadInput
+
 # Parameters are always float32; these are the allowed compute dtypes.
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PARAMETRIZATIONS = ("sp", "mup")
@@ -104,13 +106,13 @@ class ModelSpec(Protocol):
 def check_positive_int(field: str, value: object) -> None:
   """Raises a one-line ValueError unless ``value`` is an int > 0."""
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"model.{field} must be a positive integer, got {value!r}")
+    raise BadInput(f"model.{field} must be a positive integer, got {value!r}")
 
 
 def check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
   """Raises a one-line ValueError unless ``value`` is one of ``allowed``."""
   if value not in allowed:
-    raise ValueError(
+    raise BadInput(
         f"model.{field} must be one of {', '.join(allowed)}, got {value!r}")
 
 
@@ -128,10 +130,10 @@ def normalized_input_shape(value: object) -> tuple[int, int, int]:
   try:
     shape = tuple(value)
   except TypeError:
-    raise ValueError(message) from None
+    raise BadInput(message) from None
   if len(shape) != 3 or any(
       isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in shape):
-    raise ValueError(message)
+    raise BadInput(message)
   return shape
 
 

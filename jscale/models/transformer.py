@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jscale.errors import BadInput
 from jscale.models import spec as spec_lib
 
 POSITIONS = ("rotary", "learned")
@@ -67,7 +68,7 @@ class TransformerSpec:
   """
   family: ClassVar[str] = "transformer"
   is_language_model: ClassVar[bool] = True
-  width: int = 128
+  width: int = 64
   depth: int = 2
   num_heads: int = 4
   head_dim: int = 0
@@ -94,11 +95,11 @@ class TransformerSpec:
   def _check_num_heads(self):
     spec_lib.check_positive_int("num_heads", self.num_heads)
     if self.width % self.num_heads:
-      raise ValueError(
+      raise BadInput(
           f"model.num_heads must divide model.width={self.width}, got"
           f" {self.num_heads}")
     if self.positions == "rotary" and (self.width // self.num_heads) % 2:
-      raise ValueError(
+      raise BadInput(
           "model.num_heads must leave an even head dimension for rotary"
           f" positions, got width {self.width} / {self.num_heads} heads")
 
@@ -106,11 +107,11 @@ class TransformerSpec:
     value = self.head_dim
     if (isinstance(value, bool) or not isinstance(value, int) or value < 0
         or self.width % value):
-      raise ValueError(
+      raise BadInput(
           "model.head_dim must be 0 (heads from model.num_heads) or a positive"
           f" divisor of model.width={self.width}, got {value!r}")
     if self.positions == "rotary" and value % 2:
-      raise ValueError(
+      raise BadInput(
           f"model.head_dim must be even for rotary positions, got {value}")
 
   @property

@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from jscale import fit as fit_lib
+from jscale.errors import FitError
 from jscale.fit import compression, registry, table
 
 DENSE, PRUNE, DISTILL = "none", "prune", "distill"
@@ -288,7 +289,7 @@ def _isoflop_fit(sweep: SweepTable, dense: np.ndarray, bootstrap, seed,
   try:
     return fit_lib.fit(fit_lib.ISOFLOP, {"C": rows["budget"][have]} | sweep.covariates(have),
                        bootstrap=bootstrap, seed=seed)
-  except ValueError as e:
+  except FitError as e:
     notes.append(f"isoflop: not fitted ({e})")
     return None
 

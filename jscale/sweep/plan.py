@@ -22,22 +22,22 @@ import os
 
 import jax
 import ml_collections
-from etils import epath
 
+from jscale.errors import BadInput
 from jscale.models import flops as flops_lib
-from jscale.sweep import config as config_lib
 from jscale.sweep.spec import AXIS_KEYS, SweepSpec
+from jscale.train import config as config_lib
+from jscale.train import folder as folder_lib
 from jscale.train.optim import cooldown_start
 from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.
 _NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
               ("checkpoint", "async_save"), ("checkpoint", "keep_steps")}
-# Keys added after run ids were first defined, with their defaults: left out of the id
-# while they hold the default, so the runs of existing workdirs keep their ids.
-_LATER_KEYS: dict[tuple[str, str], object] = {
-    ("train", "cooldown_fraction"): 0.2, ("train", "cooldown_shape"): "1-sqrt",
-    ("model", "parametrization"): "sp", ("model", "mup_base_width"): 64}
+# Keys added after run ids were first defined: left out of the id while they hold their
+# default (base_config's), so the runs of existing workdirs keep their ids.
+_LATER_KEYS = (("train", "cooldown_fraction"), ("train", "cooldown_shape"),
+               ("model", "parametrization"), ("model", "mup_base_width"))
 # Fields that must agree across one workdir: results measured under different values
 # would be silently incomparable.
 COMPARABLE_FIELDS = ("model.family", "model.parametrization", "data.name", "data.seq_len",
@@ -78,26 +78,21 @@ class PlannedRun:
             * self.spec.train.steps)
 
 
-def run_config_dict(config: ml_collections.ConfigDict) -> dict:
-  """The run part of a config (no sweep section) as plain JSON-able data."""
-  return {k: v for k, v in config.to_dict().items() if k != "sweep"}
-
-
 def run_id(config: ml_collections.ConfigDict) -> str:
-  resolved = run_config_dict(config)
+  resolved = config_lib.run_config_dict(config)
   for section, key in _NOT_IN_ID:
     resolved.get(section, {}).pop(key, None)
-  for (section, key), default in _LATER_KEYS.items():
-    if resolved.get(section, {}).get(key, default) == default:
+  defaults = config_lib.base_config()
+  for section, key in _LATER_KEYS:
+    if resolved.get(section, {}).get(key, defaults[section][key]) == defaults[section][key]:
       resolved.get(section, {}).pop(key, None)
   text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=list)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _planned(config: ml_collections.ConfigDict, label: str, dataset, **fields) -> PlannedRun:
-  record = json.dumps(run_config_dict(config), indent=2, sort_keys=True, default=list) + "\n"
   return PlannedRun(run_id=run_id(config), label=label, spec=config_lib.resolve(config, dataset),
-                    config_json=record, **fields)
+                    config_json=config_lib.record(config), **fields)
 
 
 def comparable_fields(config: ml_collections.ConfigDict) -> dict:
@@ -132,7 +127,7 @@ def _check_pinned(config: ml_collections.ConfigDict, s: SweepSpec) -> None:
       fix = "or turn the students off with --config.sweep.distill_from_largest=False"
     else:
       fix = f"to use {key} unswept give --config.sweep.{axis}='()' as well"
-    raise ValueError(f"{key}={value!r} is set for the whole sweep but sweep.{axis}="
+    raise BadInput(f"{key}={value!r} is set for the whole sweep but sweep.{axis}="
                      f"{values!r} sets {key} for each run; {fix}")
 
 
@@ -144,7 +139,7 @@ def _clamp_to_steps(c: ml_collections.ConfigDict, steps: int, pinned, axis: str,
     if c.train[key] <= steps:
       continue
     if f"train.{key}" in pinned:
-      raise ValueError(f"train.{key}={c.train[key]} is longer than run {label}, whose "
+      raise BadInput(f"train.{key}={c.train[key]} is longer than run {label}, whose "
                        f"train.steps={steps} comes from sweep.{axis}; give at most {steps} "
                        "or raise sweep.min_steps")
     c.train[key] = steps
@@ -203,7 +198,7 @@ def _students(runs: list[PlannedRun], dataset) -> list[PlannedRun]:
   dense = [r for r in runs if not r.spec.compress.order and not r.is_trunk
            and r.spec.train.compute_dtype == "float32"]
   if len(dense) < 2:
-    raise ValueError("sweep.distill_from_largest needs at least two dense sizes, "
+    raise BadInput("sweep.distill_from_largest needs at least two dense sizes, "
                      f"got {len(dense)}")
   teacher = max(dense, key=lambda r: r.flops)
   students = []
@@ -232,7 +227,7 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
   runs, families = [], {}
   for width, depth, rate, seed, amount, sparsity, precision in itertools.product(
       widths, depths, rates, seeds, amounts, sparsities, precisions):
-    c = ml_collections.ConfigDict(run_config_dict(config))
+    c = ml_collections.ConfigDict(config_lib.run_config_dict(config))
     c.model.width, c.model.depth = width, depth
     c.train.learning_rate, c.train.seed = rate, seed
     label = f"w{width}-d{depth}-lr{rate:g}-s{seed}" + _apply_compression(c, sparsity,
@@ -254,7 +249,7 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
       family = (width, depth, rate, seed, sparsity, precision)
       families.setdefault(family, []).append(len(runs) - 1)
   if not runs:
-    raise ValueError(f"the sweep plans no runs (every run is below sweep.min_steps="
+    raise BadInput(f"the sweep plans no runs (every run is below sweep.min_steps="
                      f"{s.min_steps}); raise sweep.tokens or sweep.budgets")
   for members in families.values():
     runs += _branch(runs, members, dataset)
@@ -262,7 +257,7 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
     runs += _students(runs, dataset)
   ids = [r.run_id for r in runs]
   if len(set(ids)) != len(ids):
-    raise ValueError("the sweep lists the same run twice; remove duplicate axis values")
+    raise BadInput("the sweep lists the same run twice; remove duplicate axis values")
   check_fits(runs, s)
   _check_teachers(runs)
   return sorted(runs, key=lambda r: (r.teacher_id is not None, r.trunk_id is not None,
@@ -275,10 +270,9 @@ def _check_teachers(runs: list[PlannedRun]) -> None:
   for r in runs:
     p = r.spec.compress.distill
     if p is not None and not p.teacher.startswith("run:"):
-      folder = epath.Path(p.teacher)
-      if not (folder / "config.json").exists() or not (folder / "checkpoints").exists():
-        raise ValueError(f"compress.distill.teacher {p.teacher} is not a trained run "
-                         "(no config.json and checkpoints/ there)")
+      if not folder_lib.is_trained_run(p.teacher):
+        raise BadInput(f"compress.distill.teacher {p.teacher} is not a trained run "
+                       f"(no {folder_lib.CONFIG} and {folder_lib.CHECKPOINTS}/ there)")
 
 
 def estimated_memory_bytes(run: RunSpec, devices: int) -> int:
@@ -321,7 +315,7 @@ def check_fits(runs: list[PlannedRun], s: SweepSpec) -> None:
   if total > limit:
     where = (f"sweep.max_flops={max_flops:.3g}" if max_flops
              else f"what these devices finish in a week (sweep.max_flops=0: {limit:.3g})")
-    raise ValueError(f"the plan needs {total:.3g} training FLOPs ({len(runs)} runs), over "
+    raise BadInput(f"the plan needs {total:.3g} training FLOPs ({len(runs)} runs), over "
                      f"{where}; to run it anyway raise the limit, "
                      f"e.g. --config.sweep.max_flops={_round_up(total):.2g}")
   limit_gb = s.max_memory_gb
@@ -331,7 +325,7 @@ def check_fits(runs: list[PlannedRun], s: SweepSpec) -> None:
   if need > limit:
     where = (f"sweep.max_memory_gb={limit_gb:g}" if limit_gb
              else f"the {limit / 1e9:.3g} GB of one device (sweep.max_memory_gb=0)")
-    raise ValueError(f"run {largest} needs at least {need / 1e9:.3g} GB per device "
+    raise BadInput(f"run {largest} needs at least {need / 1e9:.3g} GB per device "
                      f"(parameters, gradients and AdamW state plus activations), over {where}; "
                      "shrink it, or if the estimate is wrong raise the limit, e.g. "
                      f"--config.sweep.max_memory_gb={_round_up(need / 1e9):.2g}")
@@ -348,9 +342,9 @@ def parse_worker(text: str) -> tuple[int, int]:
   try:
     index, count = (int(x) for x in text.split("/"))
   except ValueError:
-    raise ValueError(f"--worker must look like i/K with 0 <= i < K, got {text!r}") from None
+    raise BadInput(f"--worker must look like i/K with 0 <= i < K, got {text!r}") from None
   if not 0 <= index < count:
-    raise ValueError(f"--worker must look like i/K with 0 <= i < K, got {text!r}")
+    raise BadInput(f"--worker must look like i/K with 0 <= i < K, got {text!r}")
   return index, count
 
 

@@ -14,7 +14,7 @@ plots, using ``jscale.fit.plots`` for the generic ones:
 """
 
 import collections
-import json
+import logging
 import os
 
 import matplotlib.cm
@@ -24,9 +24,14 @@ from etils import epath
 from matplotlib.figure import Figure
 
 from jscale import fit as fit_lib
+from jscale.errors import FitError
 from jscale.fit import plots
-from jscale.sweep import analysis
-from jscale.sweep.results import read_result, run_dir
+from jscale.sweep import analysis, results
+from jscale.sweep.results import run_dir
+from jscale.train.folder import METRICS
+from jscale.train.metrics import read_records
+
+_log = logging.getLogger(__name__)
 
 
 def plot_sparsity(result: fit_lib.FitResult, path: str) -> str:
@@ -96,8 +101,9 @@ def fit_sweep_results(results_csv_path: str, out_dir: str, *, bootstrap: int = 1
 
 
 def _eval_curve(folder: epath.Path, flops_per_step: float) -> tuple[np.ndarray, np.ndarray]:
-  records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
-             if line.strip()]
+  """A run's (FLOPs, val_loss) eval points; none when its folder is not there (a
+  results.csv fitted on its own)."""
+  records = read_records(folder / METRICS) if (folder / METRICS).exists() else []
   evals = [(r["step"] * flops_per_step, r["val_loss"]) for r in records
            if r["kind"] == "eval" and r.get("val_loss") is not None]
   return tuple(np.array(v) for v in zip(*evals)) if evals else (np.array([]), np.array([]))
@@ -120,30 +126,29 @@ def _fitted_frontier(fx: np.ndarray, fy: np.ndarray) -> fit_lib.FitResult | None
     return None
   try:
     return fit_lib.fit("kaplan_c_irreducible", {"C": fx, "loss": fy}, bootstrap=0)
-  except ValueError:
+  except FitError:
     return None
 
 
 _MAX_LABELLED_RUNS = 12
 
 
-def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path):
-  """Eval curves per run, their lower envelope and the L(C) law fitted to it; returns
-  that fit (or None)."""
+def plot_loss_vs_compute(workdir: epath.Path, rows: list[dict], path: epath.Path):
+  """Eval curves of the finished runs in ``rows`` (results.csv rows), their lower envelope
+  and the L(C) law fitted to it; returns that fit (or None)."""
   fig = Figure(figsize=(7, 5))
   ax = fig.subplots()
-  done = [(run, result) for run in runs
-          if (result := read_result(run_dir(workdir, run.run_id))) and result["status"] == "done"]
   # Past a legend's worth of runs, colour encodes the model size instead of a label each.
-  sizes = np.log10([result["params_non_embedding"] for _, result in done] or [1.0])
+  sizes = np.log10([float(r["params_non_embedding"]) for r in rows] or [1.0])
   by_size = matplotlib.colors.Normalize(sizes.min(), sizes.max())
-  labelled = len(done) <= _MAX_LABELLED_RUNS
+  labelled = len(rows) <= _MAX_LABELLED_RUNS
   curves = []
-  for (run, result), size in zip(done, sizes):
-    xs, ys = _eval_curve(run_dir(workdir, run.run_id), result["flops_per_step"])
+  for r, size in zip(rows, sizes):
+    flops_per_step = float(r["flops"]) / float(r["steps"])
+    xs, ys = _eval_curve(run_dir(workdir, r["run_id"]), flops_per_step)
     curves.append((xs, ys))
     ax.plot(xs, ys, "o-", ms=3, lw=1,
-            **({"label": f"{run.label} N={result['params_non_embedding']:,}"} if labelled
+            **({"label": f"{r['label']} N={int(r['params_non_embedding']):,}"} if labelled
                else {"color": matplotlib.colormaps["viridis"](by_size(size))}))
   if not labelled:
     fig.colorbar(matplotlib.cm.ScalarMappable(by_size, "viridis"), ax=ax,
@@ -166,14 +171,15 @@ def plot_loss_vs_compute(workdir: epath.Path, runs, path: epath.Path):
 
 
 def plot_loss_vs_params(rows: list[dict], path: epath.Path) -> None:
-  """Final validation loss against non-zero non-embedding parameters, one series per
-  token count and compression variant (the fitted law's own plot is fit.png)."""
+  """Final validation loss of the law's points (``rows``) against non-zero non-embedding
+  parameters, one series per token count and compression variant (the fitted law's own
+  plot is fit.png)."""
   fig = Figure(figsize=(7, 5))
   ax = fig.subplots()
   series = collections.defaultdict(list)
   for r in rows:
-    series[(r["tokens"], r.get("compress", "none"))].append(
-        (r["params_nonzero_non_embedding"], r["val_loss"]))
+    series[(float(r["tokens"]), r["compress"])].append(
+        (float(r["params_nonzero_non_embedding"]), float(r["val_loss"])))
   for (tokens, variant), points in sorted(series.items()):
     n, loss = zip(*sorted(points))
     ax.plot(n, loss, "o-", ms=4, lw=0.8, label=f"D={tokens:.3g} {variant}")
@@ -184,52 +190,58 @@ def plot_loss_vs_params(rows: list[dict], path: epath.Path) -> None:
   fig.savefig(path, dpi=120)
 
 
-def plot_isoflop_profiles(rows: list[dict], budgets: dict, path: epath.Path) -> None:
-  """The runs' IsoFLOP profiles, grouped by their planned budget (``budgets``: run id ->
-  FLOPs), drawn as ``isoflop_fit.png`` draws them."""
+def plot_isoflop_profiles(rows: list[dict], path: epath.Path) -> None:
+  """The IsoFLOP profiles of ``rows`` (rows with a planned budget), grouped by budget,
+  drawn as ``isoflop_fit.png`` draws them."""
   fig = Figure(figsize=(7, 5))
   ax = fig.subplots()
-  plots.draw_isoflop_profiles(ax, [budgets[r["run_id"]] for r in rows],
-                              [r["params_non_embedding"] for r in rows],
-                              [r["val_loss"] for r in rows])
+  plots.draw_isoflop_profiles(ax, [float(r["budget"]) for r in rows],
+                              [float(r["params_non_embedding"]) for r in rows],
+                              [float(r["val_loss"]) for r in rows])
   ax.set(xlabel="non-embedding parameters N", ylabel="validation loss (nats)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
 
-def _done_rows(workdir: epath.Path, runs) -> list[dict]:
-  rows = []
-  for run in runs:
-    result = read_result(run_dir(workdir, run.run_id))
-    if result and result["status"] == "done":
-      rows.append(dict(result, run_id=run.run_id))
-  return rows
-
-
-def write_report(workdir: epath.PathLike, runs, *, bootstrap: int):
-  """Fits the sweep's results, writes fit.json and the plots; returns the fit summary."""
+def draw_sweep_plots(workdir: epath.PathLike) -> None:
+  """Draws the plots of the runs in results.csv (loss_vs_compute.png, loss_vs_params.png,
+  isoflop.png). Trunks are never drawn: they never cooled down, so none of their losses is
+  a point of a law; loss_vs_params.png and isoflop.png draw the law's points only."""
   workdir = epath.Path(workdir)
   plot_dir = workdir / "plots"
   plot_dir.mkdir(parents=True, exist_ok=True)
-  rows = _done_rows(workdir, runs)
-  excluded = len(runs) - len(rows)
-  if excluded:
-    print(f"fit: {excluded} runs excluded (diverged or failed)")
-  result = None
-  try:
-    result = fit_sweep_results(str(workdir / "results.csv"), str(workdir), bootstrap=bootstrap,
-                               seed=0)
-    print(analysis.summary(result), flush=True)
-  except ValueError as e:
-    print(f"fit: not fitted ({e})", flush=True)
-  frontier = plot_loss_vs_compute(workdir, runs, plot_dir / "loss_vs_compute.png")
+  rows = results.read_rows(workdir)
+  trunks = {r["trunk"] for r in rows if r["trunk"]}
+  finished = [r for r in rows if r["status"] == "done" and r["run_id"] not in trunks]
+  points = [r for r in finished if r["selected"] != "False"]
+  frontier = plot_loss_vs_compute(workdir, finished, plot_dir / "loss_vs_compute.png")
   if frontier is not None:
     p = frontier.params
-    print(f"compute frontier: L(C) = {p['E']:.4g} + ({p['C_c']:.4g} / C)^{p['alpha_C']:.4f} "
-          f"fitted to {frontier.n_points} lower-envelope points", flush=True)
-  plot_loss_vs_params(rows, plot_dir / "loss_vs_params.png")
-  budgets = {r.run_id: r.budget for r in runs if r.budget is not None}
-  if budgets:
-    plot_isoflop_profiles([r for r in rows if r["run_id"] in budgets], budgets,
-                          plot_dir / "isoflop.png")
+    _log.info("compute frontier: L(C) = %.4g + (%.4g / C)^%.4f fitted to %d lower-envelope "
+              "points", p["E"], p["C_c"], p["alpha_C"], frontier.n_points)
+  plot_loss_vs_params(points, plot_dir / "loss_vs_params.png")
+  budgeted = [r for r in points if r["budget"] != ""]
+  if budgeted:
+    plot_isoflop_profiles(budgeted, plot_dir / "isoflop.png")
+
+
+def write_report(workdir: epath.PathLike, *, bootstrap: int, select: str = "all"
+                 ) -> fit_lib.FitResult | None:
+  """After a sweep: results.csv rebuilt from the run folders, the fit (fit.json and its
+  plots) and every other plot; returns the main fit, or None where the data cannot be
+  fitted (said in the log)."""
+  workdir = epath.Path(workdir)
+  rows = results.collect(workdir, select)
+  results.write_results_csv(workdir, select)
+  excluded = sum(r["status"] != "done" for r in rows)
+  if excluded:
+    _log.info("fit: %d runs excluded (diverged or failed)", excluded)
+  result = None
+  try:
+    sweep = analysis.read_results(str(workdir / "results.csv"))
+    result = write_fit(analysis.fit_results(sweep, bootstrap=bootstrap, seed=0), str(workdir))
+    _log.info("%s", analysis.summary(result))
+  except FitError as e:
+    _log.info("fit: not fitted (%s)", e)
+  draw_sweep_plots(workdir)
   return result

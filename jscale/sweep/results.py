@@ -14,6 +14,8 @@ import json
 
 from etils import epath
 
+from jscale.errors import BadInput
+from jscale.train import folder as folder_lib
 from jscale.train.metrics import write_text_atomic
 
 COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_rate", "seed",
@@ -34,6 +36,7 @@ COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_ra
 
 
 def run_dir(workdir: epath.PathLike, run_id: str) -> epath.Path:
+  """A run's folder in a workdir (its contents: ``jscale.train.folder``)."""
   return epath.Path(workdir) / "runs" / run_id
 
 
@@ -46,13 +49,15 @@ def read_comparable(workdir: epath.PathLike) -> dict | None:
   try:
     return dict(json.loads(path.read_text())["comparable"])
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{path} is damaged ({type(e).__name__}); restore it, or start the "
+    raise BadInput(f"{path} is damaged ({type(e).__name__}); restore it, or start the "
                      "sweep in a new --workdir") from None
 
 
-def read_result(path: epath.PathLike) -> dict | None:
-  path = epath.Path(path) / "result.json"
-  return json.loads(path.read_text()) if path.exists() else None
+def read_select(workdir: epath.PathLike) -> str:
+  """The sweep's row selection rule (sweep.select) as its sweep.json records it."""
+  path = epath.Path(workdir) / "sweep.json"
+  config = json.loads(path.read_text()).get("config", {}) if path.exists() else {}
+  return config.get("sweep", {}).get("select", "all")
 
 
 def row(run_id: str, config: dict, result: dict) -> dict:
@@ -92,12 +97,19 @@ def collect(workdir: epath.PathLike, select: str = "all") -> list[dict]:
   rows = []
   runs = epath.Path(workdir) / "runs"
   for folder in sorted(runs.iterdir()) if runs.exists() else []:
-    result = read_result(folder)
+    result = folder_lib.read_result(folder)
     if result is not None:
-      config = json.loads((folder / "config.json").read_text())
-      rows.append(row(folder.name, config, result))
+      rows.append(row(folder.name, folder_lib.read_config(folder).to_dict(), result))
   _mark_selected(rows, select)
   return sorted(rows, key=lambda r: (float(r["flops"] or 0), r["run_id"]))
+
+
+def read_rows(workdir: epath.PathLike) -> list[dict]:
+  """results.csv's rows as dicts of strings ("" where empty; ``selected`` "True"/"False")."""
+  path = epath.Path(workdir) / "results.csv"
+  if not path.exists():
+    return []
+  return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
 def write_results_csv(workdir: epath.PathLike, select: str = "all") -> epath.Path:

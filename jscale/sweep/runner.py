@@ -1,17 +1,22 @@
-"""Runs a sweep in a workdir: plan, train what is missing, tabulate, fit, plot.
+"""Runs a sweep in a workdir: plan, train what is missing, tabulate, fit and plot.
 
-Running the same sweep again skips finished runs and resumes unfinished ones from their
-last checkpoint; ``worker=(i, K)`` lets K processes share one workdir, each training
-runs i, i+K, ... of the plan, so every run is trained exactly once.
+Running the same sweep again skips finished runs, resumes unfinished ones from their last
+checkpoint and retries failed ones; ``worker=(i, K)`` lets K processes share one workdir,
+each training runs i, i+K, ... of the plan, so every run is trained exactly once. Each run
+writes its own folder (``jscale.train.folder``); the sweep composes runs and writes only
+its own files (sweep.json, batching.json, results.csv, fit.json, plots/).
+
+A run that raises a bug (any exception but ``BadInput`` and storage faults) is recorded as
+``failed`` with its error, its traceback is logged, and the sweep goes on; the sweep then
+ends with status "failed". Bad input and storage faults stop the sweep; with several
+processes any error stops them all, since a run that failed on one process may have passed
+on another.
 """
 
 import dataclasses
-import errno
-import hashlib
-import json
+import logging
 import math
 import os
-import re
 import time
 from typing import Callable
 
@@ -19,17 +24,21 @@ import jax
 from etils import epath
 
 from jscale import data as data_lib
-from jscale.sweep import config as config_lib
+from jscale.errors import BadInput, storage_fault
+from jscale.sweep import batching, preview, report
 from jscale.sweep import plan as plan_lib
-from jscale.sweep import report, restore
 from jscale.sweep import spec as spec_lib
-from jscale.sweep.results import read_comparable, read_result, run_dir, write_results_csv
-from jscale.train import batched, grouping, hosts
+from jscale.sweep.results import read_comparable, run_dir, write_results_csv
+from jscale.train import config as config_lib
+from jscale.train import hosts
+from jscale.train.folder import RunFolder, read_result
 from jscale.train.loop import StartPoint, train, train_group
-from jscale.train.metrics import format_eta, write_json_atomic, write_text_atomic
-from jscale.train.record import Progress
-from jscale.train.sharding import data_parallel
-from jscale.train.step import build_run, make_train_step
+from jscale.train.metrics import format_eta, write_json_atomic
+from jscale.train.record import Progress, progress_line
+from jscale.train.restore import compression_for
+from jscale.train.sharding import DataParallel, data_parallel
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +48,7 @@ class SweepOptions:
   dry_run: bool = False
   num_devices: int = 0  # 0 = all devices
   fit: bool = True
-  batch_runs: str = "auto"  # same-shape runs together: "auto" (where measured to pay),
-  #                           "always" or "never"
+  batch_runs: str = "auto"  # same-shape runs together: see jscale.sweep.batching
 
 
 def prepare_workdir(workdir: epath.Path, config) -> None:
@@ -53,296 +61,230 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
       probe.write_text("")
       probe.unlink()
   except OSError as e:
-    raise ValueError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
+    if storage_fault(e) is None:
+      raise
+    raise BadInput(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
   fields = plan_lib.comparable_fields(config)
   before = read_comparable(workdir)
   if before is not None:
     for key, value in fields.items():
       if key in before and before[key] != value:
-        raise ValueError(
+        raise BadInput(
             f"{key} is {value!r} but the runs in {workdir} used {before[key]!r}; mixing them "
             "would make the results incomparable: use a new --workdir")
   write_json_atomic(workdir / "sweep.json", {"comparable": fields, "config": config.to_dict()})
   hosts.barrier("workdir")
 
 
-def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp, steps: int = 3) -> float:
-  """Training FLOP/s of ``run``'s shape, timed over a few steps after compilation."""
-  spec = run.spec
-  built = build_run(spec)
-  step = make_train_step(built, dp)
-  state = jax.jit(lambda: built.init(0), out_shardings=dp.replicated)()
-  batch = dp.shard_batch(dataset.train_batch(0, spec.train.global_batch, 0))
-  state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  per_step = (time.perf_counter() - start) / steps
-  return run.flops / spec.train.steps / per_step
+@dataclasses.dataclass
+class _Clock:
+  """The sweep's ETA: FLOPs finished in this process against the time since it started."""
+  started: float
+  flops_done: float = 0.0
+  flops_left: float = 0.0
+
+  def progress(self, run: plan_lib.PlannedRun, after_this_run: float
+               ) -> Callable[[Progress], None]:
+    """Step lines with the run's ETA and the sweep's (this run's plus the rest at the
+    FLOP rate of the runs finished so far, or this run's rate before any has)."""
+    flops_per_unit = run.flops / run.tokens
+
+    def show(p: Progress) -> None:
+      rate = self.flops_done / max(time.perf_counter() - self.started, 1e-9)
+      if rate <= 0 and math.isfinite(p.units_per_second):
+        rate = p.units_per_second * flops_per_unit
+      eta = (p.run_eta_seconds + after_this_run / rate) if rate > 0 else float("nan")
+      _log.info("  %s %s (sweep %s)", run.label, progress_line(p), format_eta(eta))
+    return show
 
 
-def hours_warning(total_seconds: float, max_hours: float) -> str | None:
-  """A line saying how far a plan exceeds its wall-time budget (0 = no limit). The FLOP
-  budget, sweep.max_flops, needs no measurement: the planner refuses plans over it."""
-  if max_hours and total_seconds > max_hours * 3600:
-    return (f"WARNING: the plan needs about {format_eta(total_seconds)} at the measured "
-            f"throughput, over the budget sweep.max_hours={max_hours:g} "
-            f"({total_seconds / (max_hours * 3600):.2f}x)")
-  return None
-
-
-def print_plan(runs, dataset, dp, worker, max_hours: float = 0.0) -> None:
-  """Lists the runs with an estimate of their wall time from measured step times, and
-  warns when the plan does not fit its budget."""
-  ends = [runs[0], runs[-1]] if len(runs) > 1 else [runs[0]]
-  rates = [measure_flops_per_second(r, dataset, dp) for r in ends]
-  print(f"{len(runs)} runs; measured {rates[0] / 1e9:.2f} GFLOP/s (smallest)"
-        + (f", {rates[-1] / 1e9:.2f} GFLOP/s (largest)" if len(rates) > 1 else ""))
-  print(f"{'id':12}  {'label':28} {'params':>10} {'non-emb':>10} {'tokens':>10} "
-        f"{'FLOPs':>9} {'est.':>7}")
-  total = 0.0
-  for i, r in enumerate(runs):
-    # Small models reach a lower FLOP/s: interpolate the rate between the two ends in
-    # log-compute.
-    frac = 0.0 if len(runs) == 1 else i / (len(runs) - 1)
-    rate = rates[0] ** (1 - frac) * rates[-1] ** frac
-    seconds = plan_lib.estimated_seconds(r, rate)
-    mine = i % worker[1] == worker[0]
-    total += seconds if mine else 0.0
-    counts = r.spec.model.param_counts()
-    role = (f"  branch of {r.trunk_id} at step {r.branch_step}" if r.trunk_id
-            else "  trunk" if r.is_trunk else "")
-    print(f"{r.run_id:12}  {r.label:28} {counts.total:>10,} {counts.non_embedding:>10,} "
-          f"{r.tokens:>10.3g} {r.cost_flops:>9.2e} {format_eta(seconds):>7}"
-          + ("" if mine else "  (other worker)") + role)
-  total_flops = sum(r.cost_flops for i, r in enumerate(runs) if i % worker[1] == worker[0])
-  if any(r.trunk_id for r in runs):
-    independent = sum(r.flops for r in runs if not r.is_trunk)
-    print(f"trunks and branches: {sum(r.cost_flops for r in runs):.3g} training FLOPs, "
-          f"against {independent:.3g} as independent runs "
-          f"({independent / sum(r.cost_flops for r in runs):.2f}x)")
-  print(f"this worker: {total_flops:.3g} training FLOPs, estimated training time "
-        f"{format_eta(total)} (plus compilation, about a second per run)")
-  warning = hours_warning(total, max_hours)
-  if warning:
-    print(warning)
-
-
-def _sweep_progress(run: plan_lib.PlannedRun, flops_after_this_run: float, started: float,
-                    flops_done: Callable[[], float]) -> Callable[[Progress], None]:
-  """Step lines with the run's ETA and the sweep's (this run's plus the rest at the
-  FLOP rate of the runs finished so far in this process, or this run's rate before any
-  has finished)."""
-  label, flops_per_unit = run.label, run.flops / run.tokens
-
-  def show(p: Progress) -> None:
-    rate = flops_done() / max(time.perf_counter() - started, 1e-9)
-    if rate <= 0 and math.isfinite(p.units_per_second):
-      rate = p.units_per_second * flops_per_unit
-    sweep_eta = (p.run_eta_seconds + flops_after_this_run / rate) if rate > 0 else float("nan")
-    print(f"  {label} step {p.step}/{p.steps} loss {p.loss:.4f} "
-          f"{p.units_per_second:,.0f} {p.unit}/s eta {format_eta(p.run_eta_seconds)} "
-          f"(sweep {format_eta(sweep_eta)})", flush=True)
-  return show
-
-
-def _wait_for(workdir: epath.Path, run: plan_lib.PlannedRun, source: str | None, role: str,
-              poll_seconds: float = 10.0) -> None:
-  """A student waits until its teacher, a branch until its trunk (maybe another worker's
-  run) has finished; a source that did not finish "done" fails the run."""
+def wait_for(workdir: epath.Path, run: plan_lib.PlannedRun, source: str | None, role: str,
+             timeout: float, poll_seconds: float = 10.0,
+             clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> str | None:
+  """Waits until ``source`` (``run``'s trunk or teacher, maybe another worker's run) has
+  ended; None when it is done, else why ``run`` cannot start: the source did not end
+  "done", or did not end within ``timeout`` seconds."""
   if source is None:
-    return
+    return None
+  deadline = clock() + timeout
   announced = False
   while (result := read_result(run_dir(workdir, source))) is None:
+    if clock() >= deadline:
+      return (f"its {role} {source} did not finish within sweep.wait_timeout={timeout:g} s "
+              "(is the worker that trains it running?)")
     if not announced:
-      print(f"{run.run_id} waits for its {role} {source} (another worker)", flush=True)
+      _log.info("%s waits for its %s %s (another worker)", run.run_id, role, source)
       announced = True
-    time.sleep(poll_seconds)
+    sleep(min(poll_seconds, max(deadline - clock(), 0.0)))
   if result.get("status") != "done":
-    raise RuntimeError(f"{role} {source} ended {result.get('status')}")
-
-
-def _start_point(workdir: epath.Path, run: plan_lib.PlannedRun) -> StartPoint | None:
-  _wait_for(workdir, run, run.trunk_id, "trunk")
-  if run.trunk_id is None:
-    return None
-  return StartPoint(run_dir(workdir, run.trunk_id), run.branch_step)
-
-
-def _phase(run: plan_lib.PlannedRun) -> int:
-  """Runs that start from another run's result come after it: trunks and independent runs
-  first, then branches, then distilled students."""
-  return 2 if run.teacher_id else 1 if run.trunk_id else 0
-
-
-def _shape_name(run: plan_lib.PlannedRun) -> str:
-  return hashlib.sha256(repr(grouping.shape_key(run.spec)).encode()).hexdigest()[:12]
-
-
-def training_units(todo: list, dataset, dp, batch_runs: str,
-                   decisions: dict[str, bool] | None = None) -> list[list]:
-  """Runs in the order they are trained; runs that share a shape are trained together
-  (one list) when ``batch_runs`` is "always", or "auto" and a quick measurement on this
-  machine says batching pays. A unit never holds a run and one it starts from.
-
-  ``decisions`` (shape -> batched?) holds the measured choices of earlier processes and
-  receives the new ones: a resumed sweep decides as it did the first time, so its numbers
-  are the same (batched and alone agree to rtol 1e-5, not bit for bit)."""
-  if batch_runs == "never":
-    return [[r] for r in todo]
-  units, decisions = [], decisions if decisions is not None else {}
-  phases = [[r for r in todo if _phase(r) == phase] for phase in range(3)]
-  for phase, group in ((p, g) for p in phases for g in grouping.group_runs([r.spec for r in p])):
-    members = [phase[i] for i in group]
-    if len(members) < 2 or any(r.spec.compress.order or r.teacher_id for r in members):
-      units += [[r] for r in members]
-      continue
-    key = _shape_name(members[0])
-    if batch_runs == "always":
-      decisions[key] = True
-    if key not in decisions:
-      m = batched.measure_batching([r.spec for r in members], dataset, dp)
-      decisions[key] = m.pays
-      print(f"batching {len(members)} runs of shape {members[0].label}: "
-            f"{m.batched_seconds:.3f} s/step together vs {m.sequential_seconds:.3f} s one by one"
-            f" ({m.speedup:.2f}x) -> {'batched' if m.pays else 'one by one'}", flush=True)
-    units += [members] if decisions[key] else [[r] for r in members]
-  return units
-
-
-_STORAGE_FAULTS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left",
-                   errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
-                   errno.EIO: "input/output error"}
-
-
-def storage_fault(e: BaseException) -> OSError | None:
-  """The OSError of a storage fault behind ``e`` (orbax and tensorstore wrap them), or
-  None. Storage faults stop the sweep: every later run would fail the same way."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _STORAGE_FAULTS:
-      return e
-    for code, words in _STORAGE_FAULTS.items():
-      if words in str(e).lower() or os.strerror(code).lower() in str(e).lower():
-        return OSError(code, os.strerror(code), _quoted_path(str(e)))
-    e = e.__cause__ or e.__context__
+    reason = f": {result['error']}" if result.get("error") else ""
+    return f"its {role} {source} ended {result.get('status')}{reason}"
   return None
 
 
-def _quoted_path(text: str) -> str | None:
-  match = re.search(r"['\"](/[^'\"]+)['\"]", text)
-  return match.group(1) if match else None
-
-
-def _failed(e: Exception, folder: epath.Path) -> dict:
-  fault = storage_fault(e)
-  if fault is not None:  # the run's folder when the error names no file
-    raise OSError(fault.errno, fault.strerror, fault.filename or os.fspath(folder)) from None
-  if isinstance(e, ValueError) or jax.process_count() > 1:
-    # Bad input: stop the sweep with its one-line message. With several processes a run
-    # that failed on one may have passed on another: only stopping them all keeps them
-    # in step (the entry point names the error on every process).
+def _failed(e: Exception, folder: RunFolder) -> dict:
+  """A run's failure: a storage fault or bad input stops the sweep (as does any error
+  with several processes); a bug fails the run, with its traceback logged."""
+  fault = storage_fault(e, os.fspath(folder.path))
+  if fault is not None:
+    raise fault from e
+  if isinstance(e, BadInput) or jax.process_count() > 1:
     raise e
-  return {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+  _log.error("%s failed", folder.name, exc_info=e)
+  text = str(e).strip()
+  return folder.write_failure(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
 
 
-def _train_unit(unit, dataset, workdir, dp, should_stop, progress) -> list[dict]:
-  """Trains one run, or several same-shape runs as one program; a crash marks them failed
-  and the sweep goes on (with several processes it stops the job: see ``_failed``)."""
-  folders = [run_dir(workdir, r.run_id) for r in unit]
-  if len(unit) > 1:
-    try:
-      return train_group([r.spec for r in unit], dataset, folders, dp=dp,
-                         should_stop=should_stop, progress=progress,
-                         start_points=[_start_point(workdir, r) for r in unit])
-    except Exception as e:  # one broken group must not end the sweep
-      return [_failed(e, folders[0].parent)] * len(unit)
-  run = unit[0]
+@dataclasses.dataclass(frozen=True)
+class _Context:
+  """What training a unit needs besides the unit."""
+  workdir: epath.Path
+  dataset: object
+  dp: DataParallel
+  sweep: spec_lib.SweepSpec
+  should_stop: Callable[[], bool]
+
+
+def _folder(ctx: _Context, run: plan_lib.PlannedRun) -> RunFolder:
+  return RunFolder(run_dir(ctx.workdir, run.run_id),
+                   (("run_id", run.run_id), ("label", run.label), ("budget", run.budget),
+                    ("trunk", run.trunk_id), ("branch_step", run.branch_step)))
+
+
+def _start_point(ctx: _Context, run: plan_lib.PlannedRun) -> StartPoint | None:
+  return None if run.trunk_id is None else StartPoint(run_dir(ctx.workdir, run.trunk_id),
+                                                      run.branch_step)
+
+
+def _train_unit(ctx: _Context, unit: list[plan_lib.PlannedRun], progress) -> list[dict]:
+  """Trains one run, or several same-shape runs as one program, once the runs they start
+  from have finished; a run whose trunk or teacher did not is failed, naming it."""
+  folders = [_folder(ctx, r) for r in unit]
+  blocked = {i: why for i, r in enumerate(unit)
+             if (why := wait_for(ctx.workdir, r, r.teacher_id or r.trunk_id,
+                                 "teacher" if r.teacher_id else "trunk",
+                                 ctx.sweep.wait_timeout))}
+  if blocked:
+    ready = [i for i in range(len(unit)) if i not in blocked]
+    trained = iter(_train_unit(ctx, [unit[i] for i in ready], [progress[i] for i in ready])
+                   if ready else [])
+    return [folders[i].write_failure(blocked[i]) if i in blocked else next(trained)
+            for i in range(len(unit))]
   try:
-    _wait_for(workdir, run, run.teacher_id, "teacher")
-    compression = restore.compression_for(run.spec, folders[0], dp)
-    return [train(run.spec, dataset, folders[0], dp=dp, compression=compression,
-                  should_stop=should_stop, progress=progress[0],
-                  start_point=_start_point(workdir, run))]
-  except Exception as e:  # one broken run must not end the sweep
-    return [_failed(e, folders[0])]
+    if len(unit) > 1:
+      return train_group([r.spec for r in unit], ctx.dataset, folders, dp=ctx.dp,
+                         should_stop=ctx.should_stop, progress=progress,
+                         start_points=[_start_point(ctx, r) for r in unit])
+    run = unit[0]
+    return [train(run.spec, ctx.dataset, folders[0], dp=ctx.dp,
+                  compression=compression_for(run.spec, folders[0].path, ctx.dp),
+                  should_stop=ctx.should_stop, progress=progress[0],
+                  start_point=_start_point(ctx, run))]
+  except Exception as e:  # a bug ends its runs only: see _failed
+    return [_failed(e, f) for f in folders]
+
+
+def _still_to_train(workdir: epath.Path, runs: list[plan_lib.PlannedRun]
+                    ) -> list[plan_lib.PlannedRun]:
+  """Runs with no result, or a failed one (retried: its result is removed first)."""
+  todo = []
+  for run in runs:
+    result = read_result(run_dir(workdir, run.run_id))
+    if result is not None and result.get("status") == "failed" and hosts.is_writer():
+      _log.info("%s failed before (%s): retrying", run.run_id, result.get("error"))
+      RunFolder(run_dir(workdir, run.run_id)).forget_result()
+    if result is None or result.get("status") == "failed":
+      todo.append(run)
+  hosts.barrier("retries")
+  return todo
+
+
+def _announce(n: int, total: int, run: plan_lib.PlannedRun, unit_size: int) -> None:
+  _log.info("[%d/%d] start %s %s (%s non-embedding params, %.3g tokens, %.3g FLOPs)%s", n,
+            total, run.run_id, run.label, f"{run.spec.model.param_counts().non_embedding:,}",
+            run.tokens, run.flops,
+            f" batched with {unit_size - 1} more" if unit_size > 1 else "")
+
+
+def _report_end(run: plan_lib.PlannedRun, result: dict) -> None:
+  loss = result.get("val_loss")
+  _log.info("end %s %s%s%s", run.run_id, result["status"],
+            f" val_loss {loss:.4f}" if loss is not None else "",
+            f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else "")
+
+
+def _train_all(ctx: _Context, todo: list[plan_lib.PlannedRun],
+               units: list[list[plan_lib.PlannedRun]]) -> tuple[bool, int]:
+  """Trains the units in order; (preempted?, runs that failed)."""
+  clock = _Clock(time.perf_counter(), flops_left=sum(r.cost_flops for r in todo))
+  n, failed = 0, 0
+  for unit in units:
+    for run in unit:
+      n += 1
+      _announce(n, len(todo), run, len(unit))
+    after = clock.flops_left - sum(r.cost_flops for r in unit)
+    results = _train_unit(ctx, unit, [clock.progress(r, after) for r in unit])
+    preempted = False
+    for run, result in zip(unit, results):
+      if result["status"] == "preempted":
+        preempted = True
+        _log.info("preempted: %s checkpointed at step %d", run.run_id, result["step"])
+        continue
+      failed += result["status"] == "failed"
+      clock.flops_done += run.cost_flops
+      clock.flops_left -= run.cost_flops
+      _report_end(run, result)
+    write_results_csv(ctx.workdir, ctx.sweep.select)
+    hosts.barrier("results")  # the others read the writer's result.json (branches, todo)
+    if preempted:
+      _log.info("rerun the same command to resume")
+      return True, failed
+  return False, failed
 
 
 def run_sweep(config, options: SweepOptions,
               should_stop: Callable[[], bool] = lambda: False) -> str:
-  """Runs this worker's share of the sweep; returns 'done', 'waiting' or 'preempted'."""
+  """Runs this worker's share of the sweep; returns 'done', 'failed' (a run failed),
+  'waiting' (other workers' runs unfinished) or 'preempted'."""
   workdir = epath.Path(options.workdir)
   dataset = data_lib.load(config_lib.data_spec(config))
   sweep = spec_lib.sweep_spec(config.sweep)
   runs = plan_lib.plan_runs(config, sweep, dataset)
   dp = data_parallel(options.num_devices)
   dp.check_batch(config.train.global_batch)
-  if options.dry_run:
-    print_plan(runs, dataset, dp, options.worker, sweep.max_hours)
-    mine = [r for i, r in enumerate(runs) if i % options.worker[1] == options.worker[0]]
-    units = training_units(mine, dataset, dp, options.batch_runs)
-    print(f"training units: {len(units)} ({sum(len(u) > 1 for u in units)} batched groups)")
-    return "done"
-  prepare_workdir(workdir, config)
-  batch_runs = options.batch_runs
-  if jax.process_count() > 1:  # batched training is single-host (jscale.train.batched)
-    batch_runs = "never"
   index, count = options.worker
   mine = [r for i, r in enumerate(runs) if i % count == index]
-  todo = [r for r in mine if read_result(run_dir(workdir, r.run_id)) is None]
-  print(f"sweep: {len(runs)} runs planned, {len(mine)} for worker {index}/{count}, "
-        f"{len(mine) - len(todo)} finished already", flush=True)
-
-  decisions_path = workdir / "batching.json"
-  decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
-  units = training_units(todo, dataset, dp, batch_runs, decisions)
-  if batch_runs == "auto" and decisions:
-    write_json_atomic(decisions_path, decisions)
-  started, done_flops = time.perf_counter(), [0.0]
-  remaining = [sum(r.cost_flops for r in todo)]
-  n = 0
-  for unit in units:
-    for run in unit:
-      n += 1
-      write_text_atomic(run_dir(workdir, run.run_id) / "config.json", run.config_json)
-      print(f"[{n}/{len(todo)}] start {run.run_id} {run.label} "
-            f"({run.spec.model.param_counts().non_embedding:,} non-embedding params, "
-            f"{run.tokens:.3g} tokens, {run.flops:.3g} FLOPs)"
-            + (f" batched with {len(unit) - 1} more" if len(unit) > 1 else ""), flush=True)
-    after = remaining[0] - sum(r.cost_flops for r in unit)
-    progress = [_sweep_progress(r, after, started, lambda: done_flops[0]) for r in unit]
-    results = _train_unit(unit, dataset, workdir, dp, should_stop, progress)
-    preempted = False
-    for run, result in zip(unit, results):
-      if result["status"] == "preempted":
-        preempted = True
-        print(f"preempted: {run.run_id} checkpointed at step {result['step']}", flush=True)
-        continue
-      write_json_atomic(run_dir(workdir, run.run_id) / "result.json",
-                        dict(result, run_id=run.run_id, label=run.label, budget=run.budget,
-                             trunk=run.trunk_id, branch_step=run.branch_step))
-      done_flops[0] += run.cost_flops
-      remaining[0] -= run.cost_flops
-      loss = result.get("val_loss")
-      print(f"end {run.run_id} {result['status']}"
-            + (f" val_loss {loss:.4f}" if loss is not None else "")
-            + (f" in {result['wall_seconds']:.1f}s" if "wall_seconds" in result else ""),
-            flush=True)
-    write_results_csv(workdir, sweep.select)
-    hosts.barrier("results")  # the others read the writer's result.json (branches, todo)
-    if preempted:
-      print("rerun the same command to resume", flush=True)
-      return "preempted"
-
+  mode = options.batch_runs if jax.process_count() == 1 else "never"  # batching: one host
+  kind = jax.devices()[0].device_kind
+  if options.dry_run:
+    for line in preview.preview(runs, dataset, dp, options.worker, sweep.max_hours):
+      _log.info("%s", line)
+    units = batching.training_units(mine, mode, kind, dp.num_devices, {})
+    _log.info("training units: %d (%d batched groups)", len(units),
+              sum(len(u) > 1 for u in units))
+    return "done"
+  prepare_workdir(workdir, config)
+  todo = _still_to_train(workdir, mine)
+  _log.info("sweep: %d runs planned, %d for worker %d/%d, %d finished already", len(runs),
+            len(mine), index, count, len(mine) - len(todo))
+  decisions = batching.read_decisions(workdir)
+  units = batching.training_units(todo, mode, kind, dp.num_devices, decisions)
+  batching.write_decisions(workdir, decisions)
+  ctx = _Context(workdir, dataset, dp, sweep, should_stop)
+  preempted, failed = _train_all(ctx, todo, units)
+  if preempted:
+    return "preempted"
   write_results_csv(workdir, sweep.select)
   missing = [r for r in runs if read_result(run_dir(workdir, r.run_id)) is None]
   if missing:
-    print(f"{len(missing)} runs of other workers not finished yet; the last worker to finish "
-          "writes the fit and plots", flush=True)
+    _log.info("%d runs of other workers not finished yet; the last worker to finish writes "
+              "the fit and plots", len(missing))
     return "waiting"
   if options.fit and hosts.is_writer():
-    report.write_report(workdir, runs, bootstrap=sweep.bootstrap)
+    report.write_report(workdir, bootstrap=sweep.bootstrap, select=sweep.select)
+  if failed:
+    _log.error("%d runs failed (tracebacks above, errors in their result.json); rerun the "
+               "same command to retry them", failed)
+    return "failed"
   return "done"

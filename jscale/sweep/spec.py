@@ -5,7 +5,8 @@ import dataclasses
 
 import ml_collections
 
-from jscale.sweep.config import finite_number
+from jscale.errors import BadInput
+from jscale.train.config import finite_number
 
 PRECISIONS = ("float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq")
 SELECTIONS = ("all", "best_per_point")
@@ -48,6 +49,9 @@ def sweep_section() -> ml_collections.ConfigDict:
   s.max_memory_gb = 0.0  # refuse runs estimated to need more memory per device (GB);
   #                        0 = the device's memory (host memory on CPU)
   s.max_hours = 0.0  # wall-time budget at the measured throughput; --dry_run warns (0 = none)
+  # seconds a branch or a distilled student waits for its trunk or teacher when another
+  # worker trains it; past that it fails, naming the run it waited for (a rerun retries)
+  s.wait_timeout = 86400.0
   return s
 
 
@@ -80,13 +84,14 @@ class SweepSpec:
   max_flops: float = 0.0
   max_memory_gb: float = 0.0
   max_hours: float = 0.0
+  wait_timeout: float = 86400.0
 
 
 def _axis(values, field: str, cast) -> tuple:
   try:
     return tuple(cast(v) for v in values)
   except (TypeError, ValueError):
-    raise ValueError(f"sweep.{field} must be a sequence of numbers, got {values!r}") from None
+    raise BadInput(f"sweep.{field} must be a sequence of numbers, got {values!r}") from None
 
 
 def _amounts(values, field: str) -> tuple[float, ...]:
@@ -98,22 +103,22 @@ def _amounts(values, field: str) -> tuple[float, ...]:
 
 def _count(field: str, value, low: int) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < low:
-    raise ValueError(f"sweep.{field} must be an integer >= {low}, got {value!r}")
+    raise BadInput(f"sweep.{field} must be an integer >= {low}, got {value!r}")
   return value
 
 
 def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
   """Validates the sweep section: every bad value is a one-line error naming its key."""
   if s.tokens and s.budgets:
-    raise ValueError("sweep.tokens and sweep.budgets are exclusive: give one of them, "
+    raise BadInput("sweep.tokens and sweep.budgets are exclusive: give one of them, "
                      f"got tokens={tuple(s.tokens)} and budgets={tuple(s.budgets)}")
   for precision in s.precisions:
     if precision not in PRECISIONS:
-      raise ValueError(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
+      raise BadInput(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
   if s.select not in SELECTIONS:
-    raise ValueError(f"sweep.select must be one of {SELECTIONS}, got {s.select!r}")
+    raise BadInput(f"sweep.select must be one of {SELECTIONS}, got {s.select!r}")
   if not isinstance(s.distill_from_largest, bool):
-    raise ValueError("sweep.distill_from_largest must be True or False, got "
+    raise BadInput("sweep.distill_from_largest must be True or False, got "
                      f"{s.distill_from_largest!r}")
   return SweepSpec(
       widths=_axis(s.widths, "widths", int), depths=_axis(s.depths, "depths", int),
@@ -128,4 +133,5 @@ def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
       bootstrap=_count("bootstrap", s.bootstrap, 0),
       max_flops=finite_number("sweep.max_flops", s.max_flops, 0),
       max_memory_gb=finite_number("sweep.max_memory_gb", s.max_memory_gb, 0),
-      max_hours=finite_number("sweep.max_hours", s.max_hours, 0))
+      max_hours=finite_number("sweep.max_hours", s.max_hours, 0),
+      wait_timeout=finite_number("sweep.wait_timeout", s.wait_timeout, 0, open_low=True))

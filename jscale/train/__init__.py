@@ -4,7 +4,7 @@
 
 from jscale.train.evaluation import evaluate, final_evaluation
 from jscale.train.loop import train, train_group
-from jscale.train.record import Progress, print_progress, versions
+from jscale.train.record import Progress, log_progress, versions
 from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
 from jscale.train.step import (
                                BuiltRun,
@@ -19,6 +19,6 @@ from jscale.train.step import (
 __all__ = [
     "BuiltRun", "CheckpointSpec", "CompressSpec", "DistillSpec", "Progress", "RunSpec",
     "TrainSpec", "TrainState", "build_run", "cross_entropy", "evaluate", "final_evaluation",
-    "init_state", "make_eval_step", "make_train_step", "print_progress", "train",
+    "init_state", "log_progress", "make_eval_step", "make_train_step", "train",
     "train_group", "versions",
 ]

@@ -58,7 +58,8 @@ def check_group(runs: Sequence[RunSpec]) -> None:
 def make_group_step(run: RunSpec, layout: grouping.RunLayout) -> Callable:
   """Jitted ``step(state_R, batch_R, lr_RxS, weight_decay_R, active_R) -> (state_R,
   metrics_R)`` for ``run``'s group. Cached: each shape compiles once per process."""
-  template = dataclasses.replace(run, train=_template(run.train), checkpoint=_NO_CHECKPOINT)
+  template = dataclasses.replace(run, train=_template(run.train), checkpoint=_NO_CHECKPOINT,
+                                 config_record="")
   return _group_step(template, layout)
 
 

@@ -7,11 +7,18 @@ everything an exact resume needs.
 
 There is one way in: :meth:`Checkpointer.restore_latest` resumes from the newest
 checkpoint that restores and whose arrays match the digest recorded when it was saved.
-A checkpoint that fails either way is set aside — moved to ``<checkpoints>.damaged/`` with
-a warning naming it, where orbax no longer sees it — and the next older one is tried, so
-the run retrains the lost steps and saves them again. Restoring places arrays on the
-shardings of the abstract target, so a run trained on 8 devices restores onto 1 (or the
-reverse).
+Only real damage sets a checkpoint aside: files missing, unreadable or garbled, or arrays
+that differ from their digest. Such a checkpoint is moved to ``<checkpoints>.damaged/``
+with a warning naming it, where orbax no longer sees it, and the next older one is tried,
+so the run retrains the lost steps and saves them again.
+
+A checkpoint whose state does not match the code's (an upgrade renamed a module, the
+optimizer state changed shape) is not damaged: :class:`CheckpointMismatch` stops with one
+line naming the checkpoint and the first mismatched path, and nothing is moved or
+retrained. A storage fault while reading (``jscale.errors.storage_fault``) propagates.
+
+Restoring places arrays on the shardings of the abstract target, so a run trained on 8
+devices restores onto 1 (or the reverse).
 """
 
 import hashlib
@@ -24,8 +31,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from jscale.errors import BadInput, storage_fault
 from jscale.train import hosts
 from jscale.train.spec import CheckpointSpec
+
+_log = logging.getLogger(__name__)
 
 _STATE, _META = "state", "meta"
 _DIGEST = "state_sha256"
@@ -35,6 +45,42 @@ _SAVE_TIMEOUT_SECONDS = 120
 
 class DamagedCheckpointError(Exception):
   """A checkpoint's arrays differ from the digest recorded when it was saved."""
+
+
+class CheckpointMismatch(BadInput):
+  """A checkpoint holds a state of another structure than the code builds: saved by
+  another jscale version, not damaged. Nothing is moved."""
+
+
+# What reading a damaged checkpoint raises (after its structure matched): missing or cut
+# files (OSError), garbled data and metadata (tensorstore's and JSON's ValueError, and the
+# KeyError/TypeError of a tree missing items), or a digest mismatch.
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, DamagedCheckpointError)
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def _leaves_by_path(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+  return {_path_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def structure_difference(saved, expected) -> str | None:
+  """The first path where two state trees (arrays, ShapeDtypeStructs or orbax's array
+  metadata) differ in presence, shape or dtype, described; None when they agree."""
+  have, want = _leaves_by_path(saved), _leaves_by_path(expected)
+  for name in sorted(set(have) | set(want)):
+    if name not in have:
+      return f"{name} is missing from the checkpoint"
+    if name not in want:
+      return f"{name} is in the checkpoint but not in this code's state"
+    if have[name] != want[name]:
+      return (f"{name} was saved as {have[name][1]}{list(have[name][0])}, this code builds "
+              f"{want[name][1]}{list(want[name][0])}")
+  return None
 
 
 def state_digest(state) -> str:
@@ -90,9 +136,27 @@ class Checkpointer:
                                    _META: ocp.args.JsonSave(meta)}),
         force=True)
 
+  def _check_structure(self, step: int, abstract_state) -> None:
+    """Raises CheckpointMismatch when the state saved at ``step`` has another structure
+    than ``abstract_state`` (unreadable metadata is damage, found by the restore)."""
+    try:
+      saved = self._manager.item_metadata(step)[_STATE]
+    except _DAMAGE:
+      return
+    if saved is None:
+      return
+    difference = structure_difference(saved, abstract_state)
+    if difference is not None:
+      raise CheckpointMismatch(
+          f"checkpoint {self._directory / str(step)} does not match this jscale's state "
+          f"({difference}); nothing was moved: resume it with the jscale version that "
+          "saved it, or train in a new --workdir")
+
   def restore(self, step: int, abstract_state):
-    """(state, meta) at ``step``; raises DamagedCheckpointError when the arrays read back
-    differ from the digest saved with them."""
+    """(state, meta) at ``step``; raises CheckpointMismatch when the saved state has
+    another structure, DamagedCheckpointError when the arrays read back differ from the
+    digest saved with them."""
+    self._check_structure(step, abstract_state)
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state),
@@ -100,28 +164,34 @@ class Checkpointer:
     state, meta = restored[_STATE], dict(restored[_META])
     expected = meta.pop(_DIGEST, None)
     if expected is None:
-      logging.warning("checkpoint %s has no digest (saved by an older jscale): restored "
-                      "unverified", self._directory / str(step))
+      _log.warning("checkpoint %s has no digest (saved by an older jscale): restored "
+                   "unverified", self._directory / str(step))
     elif state_digest(state) != expected:
       raise DamagedCheckpointError("its arrays differ from the digest recorded at save")
     return state, meta
 
   def restore_latest(self, abstract_state, max_step: int | None = None):
     """(state, meta) of the newest intact checkpoint (<= max_step), or None; damaged
-    ones on the way are set aside (or only skipped when read-only)."""
+    ones on the way are set aside (or only skipped when read-only). A mismatched
+    structure or a storage fault stops here (see the module docstring)."""
     for step in reversed(self.steps()):
       if max_step is not None and step > max_step:
         continue
       try:
         return self.restore(step, abstract_state)
-      except Exception as e:  # any damage: missing, truncated, garbled files
+      except CheckpointMismatch:
+        raise
+      except _DAMAGE as e:
+        fault = storage_fault(e, str(self._directory / str(step)))
+        if fault is not None:
+          raise fault from e
         self._set_aside(step, _reason(e))
     return None
 
   def _set_aside(self, step: int, why: str) -> None:
     damaged = self._directory / str(step)
     if self._read_only:
-      logging.warning("checkpoint %s is damaged (%s); trying the previous one", damaged, why)
+      _log.warning("checkpoint %s is damaged (%s); trying the previous one", damaged, why)
       return
     stamp = f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
     aside = self._directory.parent / f"{self._directory.name}.damaged" / stamp
@@ -134,8 +204,8 @@ class Checkpointer:
       damaged.rename(aside)
     hosts.barrier("set-aside")  # every process then reloads the same steps
     self._manager.reload()
-    logging.warning("checkpoint %s is damaged (%s); moved to %s, resuming from the previous "
-                    "one", damaged, why, aside)
+    _log.warning("checkpoint %s is damaged (%s); moved to %s, resuming from the previous "
+                 "one", damaged, why, aside)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -42,6 +42,8 @@ from absl import logging
 from jax._src import distributed as jax_distributed
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jscale.errors import BadInput
+
 # Seconds a process waits for the others (joining; one step, its evaluation and checkpoint
 # included) before it gives up: generous, since hosts also differ in compile time (one hits
 # the compilation cache, another compiles).
@@ -83,7 +85,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         shutdown_timeout_seconds=seconds)
   except (RuntimeError, ValueError) as e:
     where = f" at {coordinator_address}" if coordinator_address else ""
-    raise ValueError(f"--distributed: could not join the job{where} as process "
+    raise BadInput(f"--distributed: could not join the job{where} as process "
                      f"{process_id} of {num_processes}: {_first_line(e)}") from None
   if jax.process_count() > 1:
     _monitor = _Monitor(jax_distributed.global_state.client, jax.process_index(),

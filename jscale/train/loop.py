@@ -1,19 +1,30 @@
 """The training loop: one run, or a stacked group of same-shape runs, through one code path.
 
-The loop drives an *engine* that owns the compiled step and the layout of the state (one
-run's ``TrainState``, or K runs stacked on a leading axis, see ``jscale.train.batched``);
-everything else — resuming each run from its newest checkpoint, logging, periodic
-evaluation, checkpoints, divergence, preemption, the final evaluation and the result
-record — is per-run bookkeeping (``Member``) shared by both.
+The loop (:class:`UnitTrainer`) drives an *engine* that owns the compiled step and the
+layout of the state (one run's ``TrainState``, or K runs stacked on a leading axis, see
+``jscale.train.batched``); everything else — resuming each run from its newest checkpoint,
+logging, periodic evaluation, checkpoints, divergence, preemption, the final evaluation
+and the result record — is per-run bookkeeping (:class:`Member`) shared by both. Each run
+writes its whole folder (``jscale.train.folder``): config.json first, result.json last.
 
-The loop never stalls the device for bookkeeping: step t's metrics are read after step
-t+1 has been dispatched. A non-finite loss ends that run as ``diverged``; ``should_stop``
-(wired to SIGTERM by the entry points) checkpoints every unfinished run and ends it as
-``preempted``.
+Invariants:
+* the device never waits for bookkeeping: step t's metrics are read after step t+1 has
+  been dispatched;
+* a run's log holds every step its checkpoint holds: the pending metrics are read before
+  any save;
+* out of a stacked group a run's state is copied once per step, for its save and its
+  evaluation together;
+* a run resumed from the checkpoint of its last step only evaluates: it is neither
+  retrained nor saved again.
+
+A non-finite loss ends that run as ``diverged``; ``should_stop`` (wired to SIGTERM by the
+entry points) checkpoints every unfinished run and ends it as ``preempted`` (no
+result.json: rerunning resumes it).
 """
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from typing import Any, Callable, Protocol, Sequence
@@ -23,20 +34,20 @@ import numpy as np
 from etils import epath
 
 from jscale import compress
+from jscale.errors import BadInput
 from jscale.train import batched, hosts
+from jscale.train import folder as folder_lib
 from jscale.train.checkpoint import Checkpointer, abstract_like
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
 from jscale.train.metrics import MetricsLog, read_records
-from jscale.train.record import (
-  Progress,
-  print_progress,
-  result_record,
-  throughput_values,
-  unit_name,
-)
+from jscale.train.record import Progress, log_progress, result_record, throughput_values, unit_name
 from jscale.train.sharding import DataParallel, process_shard
 from jscale.train.spec import RunSpec
 from jscale.train.step import BuiltRun, TrainState, build_run, make_eval_step, make_train_step
+
+_log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]  # seconds, monotonic
 
 
 class Engine(Protocol):
@@ -95,19 +106,23 @@ class StartPoint:
 class Member:
   """Bookkeeping of one run: its folder, log, checkpoints, clock and result."""
   run: RunSpec
-  dir: epath.Path
+  folder: folder_lib.RunFolder
   ckpt: Checkpointer
   log: MetricsLog
   progress: Callable[[Progress], None]
   compression: compress.Composed
-  clock: Callable[[], float]  # the unit's training clock (stops during final evaluations)
   num_devices: int  # devices the unit trains on (for MFU)
   start_point: StartPoint | None = None
+  clock: Clock | None = None  # the unit's training clock (its UnitTrainer sets it)
   start: int = 0
   wall_before: float = 0.0
   timed_from: tuple[int, float] | None = None  # (step, clock) of the first step read back
   timed_to: tuple[int, float] | None = None  # ... and of the latest
   result: dict | None = None
+
+  @property
+  def name(self) -> str:
+    return self.folder.name
 
   @property
   def running(self) -> bool:
@@ -121,7 +136,7 @@ class Member:
     if found is not None:
       state, meta = found
       self.start, self.wall_before = int(meta["step"]), float(meta["wall_seconds"])
-      print(f"{self.dir.name} resumed at step {self.start}", flush=True)
+      _log.info("%s resumed at step %d", self.name, self.start)
     self.log.truncate_after(self.start)
     if found is None and self.start_point is not None:
       state = self._branch(abstract_state)
@@ -131,21 +146,20 @@ class Member:
     """The trunk's state at the branch point, and the trunk's records up to it: the
     branch's log then reads as the log of an independent run with its schedule."""
     point = self.start_point
-    with Checkpointer(point.run_dir / "checkpoints", self.run.checkpoint,
+    with Checkpointer(point.run_dir / folder_lib.CHECKPOINTS, self.run.checkpoint,
                       read_only=True) as trunk:
       if point.step not in trunk.steps():
-        raise ValueError(f"trunk {point.run_dir} has no checkpoint at step {point.step} "
-                         f"(has {trunk.steps()}); rerun the trunk")
+        raise BadInput(f"trunk {point.run_dir} has no checkpoint at step {point.step} "
+                       f"(has {trunk.steps()}); rerun the trunk")
       state, _ = trunk.restore(point.step, abstract_state)
     every = self.run.train.eval_every
-    for r in read_records(point.run_dir / "metrics.jsonl"):
+    for r in read_records(point.run_dir / folder_lib.METRICS):
       periodic = r["kind"] == "train" or (r["kind"] == "eval" and r["step"] % every == 0)
       if periodic and r["step"] <= point.step:
         self.log.append(r["kind"], r["step"],
                         {k: v for k, v in r.items() if k not in ("kind", "step")})
     self.start = point.step
-    print(f"{self.dir.name} branches from {point.run_dir.name} at step {point.step}",
-          flush=True)
+    _log.info("%s branches from %s at step %d", self.name, point.run_dir.name, point.step)
     return state
 
   def consume(self, step: int, values: dict) -> bool:
@@ -189,157 +203,217 @@ class Member:
         diverged_step=steps_done if status == "diverged" else None, final=final,
         train_losses=train_losses, wall_seconds=self.wall_before + elapsed,
         timed_steps=timed_steps, timed_seconds=timed_seconds, batched_runs=group_size)
+    self.folder.write_result(self.result)
 
 
-def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.Composed,
-                dataset, run_dirs: Sequence[epath.PathLike], dp: DataParallel,
-                should_stop: Callable[[], bool],
-                progress: Sequence[Callable[[Progress], None]] | None,
-                start_points: Sequence[StartPoint | None] | None) -> list[dict]:
-  """The loop: trains (or resumes) every run of ``engine``'s unit; one record per run."""
-  t0 = runs[0].train
-  dp.check_batch(t0.global_batch)
-  dirs = [epath.Path(d) for d in run_dirs]
-  for d in dirs:
-    d.mkdir(parents=True, exist_ok=True)
-  progress = progress or [print_progress(d.name) for d in dirs]
-  start_points = start_points or [None] * len(runs)
-  eval_step = make_eval_step(runs[0].model.make_module(), dp, compression)
-  eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
-  stopped = [0.0]  # seconds the training clock stood still (final evaluations)
+@dataclasses.dataclass
+class _Pending:
+  """A dispatched step whose metrics have not been read: its slots, their step numbers."""
+  slots: np.ndarray
+  numbers: list[int]
+  metrics: dict
 
-  def clock() -> float:
-    return time.perf_counter() - stopped[0]
 
-  with contextlib.ExitStack() as stack:
-    members = [Member(run, d, stack.enter_context(Checkpointer(d / "checkpoints",
-                                                              run.checkpoint)),
-                      MetricsLog(d / "metrics.jsonl"), show, compression, clock,
-                      dp.num_devices, point)
-               for run, d, show, point in zip(runs, dirs, progress, start_points)]
-    restored = {r: s for r, m in enumerate(members)
-                if (s := m.resume(engine.abstract_state)) is not None}
-    state = engine.initial_state(restored)
-    steps = np.zeros(engine.slots, np.int64)
-    steps[:len(members)] = [m.start for m in members]
-    active = np.zeros(engine.slots, bool)
-    active[:len(members)] = [m.start < m.run.train.steps for m in members]
-    t_start = time.perf_counter()
+class UnitTrainer:
+  """Trains (or resumes) every run of one engine's unit until each has a result.
 
-    def elapsed() -> float:
-      return time.perf_counter() - t_start
+  Its state: the engine's ``state``, each slot's step count (``steps``) and whether it
+  still trains (``active``), the metrics of the last dispatched step not yet read
+  (``pending``), and the seconds the training clock stood still (``paused``: final
+  evaluations, which no run's throughput counts).
+  """
 
-    def finish(m: Member, status: str, steps_done: int, final: dict) -> None:
-      m.finish(status, steps_done, final, elapsed(), dataset, dp, len(members))
+  def __init__(self, engine: Engine, members: Sequence[Member], dataset, dp: DataParallel,
+               eval_step: Callable, eval_batches: list, should_stop: Callable[[], bool],
+               clock: Clock):
+    self.engine, self.members, self.dataset, self.dp = engine, list(members), dataset, dp
+    self._eval_step, self._eval_batches = eval_step, eval_batches
+    self._should_stop, self._clock = should_stop, clock
+    self.state = None
+    self.steps = np.zeros(engine.slots, np.int64)
+    self.active = np.zeros(engine.slots, bool)
+    self.pending: _Pending | None = None
+    self.paused = 0.0
+    self._started = clock()
+    for m in self.members:
+      m.clock = self.training_clock
 
-    pending = None  # (slots, their step numbers, metrics) not yet logged
+  def training_clock(self) -> float:
+    return self._clock() - self.paused
 
-    def flush():
-      nonlocal pending
-      if pending is None:
-        return
-      slots, numbers, metrics = pending
-      values = jax.device_get(metrics)
-      for r, step in zip(slots, numbers):
-        m = members[r]
-        if m.running and not m.consume(step, {k: float(v[r]) for k, v in values.items()}):
-          finish(m, "diverged", step, {})
-          active[r] = False
-      pending = None
+  def elapsed(self) -> float:
+    return self._clock() - self._started
 
-    def complete(r: int) -> None:
-      """Final evaluation, last checkpoint and result of a run at its last step; the
-      training clock stops meanwhile, so no run's throughput counts them."""
-      began = time.perf_counter()
-      m = members[r]
-      run_state, last = engine.run_state(state, r), m.run.train.steps
-      final = final_evaluation(m.run, m.compression, run_state.params, dataset, eval_batches,
-                               dp)
-      log_final_eval(m.log, last, final)
-      if m.start < last:  # else resumed from the checkpoint of its last step
-        m.save(last, run_state, elapsed())
-      finish(m, "done", last, final)
-      active[r] = False
-      stopped[0] += time.perf_counter() - began
-
-    for r in range(len(members)):
-      if not active[r]:  # resumed at its last step: only the final evaluation is missing
-        complete(r)
+  def run(self) -> list[dict]:
+    """The loop; one result record per member, in order."""
+    self.start()
     # Every process beats once per step: a peer that stops (killed, stuck) ends the job
     # with its name instead of a hang (free with one process).
     with hosts.watchdog("the start of training") as beat:
-      while active.any():
-        beat(f"step {int(steps.max())}")
-        state, metrics = engine.step(state, steps, active)
-        slots = np.flatnonzero(active)
-        flush()  # the previous step's metrics, read while this step runs
-        steps[slots] += 1
-        pending = (slots, steps[slots].tolist(), metrics)
-        stop = should_stop()
-        ending = [r for r in slots if members[r].running and (
-            members[r].ckpt.should_save(steps[r]) or steps[r] == members[r].run.train.steps)]
-        if ending or stop:
-          flush()  # the log must hold every step a checkpoint holds
-        for r in slots:
-          m, done = members[r], int(steps[r])
-          if not m.running:
-            continue
-          if done == m.run.train.steps:
-            complete(r)
-            continue
-          saving = m.ckpt.should_save(done) or stop
-          evaluating = done % m.run.train.eval_every == 0
-          if saving or evaluating:  # out of a stacked group this is a copy: take it once
-            run_state = engine.run_state(state, r)
-          if saving:
-            m.save(done, run_state, elapsed())
-          if evaluating:
-            m.log.append("eval", done, eval_record(dataset, evaluate(
-                eval_step, run_state.params, eval_batches, dp)))
-        if stop:
-          for r, m in enumerate(members):
-            if m.running:
-              m.preempted(int(steps[r]))
+      while self.active.any():
+        beat(f"step {int(self.steps.max())}")
+        if self.step():
+          self.preempt()
           break
-    flush()
-  return [m.result for m in members]
+    self.drain()
+    return [m.result for m in self.members]
+
+  def start(self) -> None:
+    """Each member resumed (or branched, or fresh); those resumed at their last step get
+    only their final evaluation."""
+    restored = {r: s for r, m in enumerate(self.members)
+                if (s := m.resume(self.engine.abstract_state)) is not None}
+    self.state = self.engine.initial_state(restored)
+    self._started = self._clock()
+    for r, m in enumerate(self.members):
+      self.steps[r] = m.start
+      self.active[r] = m.start < m.run.train.steps
+    for r in range(len(self.members)):
+      if not self.active[r]:
+        self.complete(r)
+
+  def step(self) -> bool:
+    """Dispatches one step of the active slots, reads the previous step's metrics while
+    it runs, then saves, evaluates or completes each slot; True when a stop was asked."""
+    self.state, metrics = self.engine.step(self.state, self.steps, self.active)
+    slots = np.flatnonzero(self.active)
+    self.drain()
+    self.steps[slots] += 1
+    self.pending = _Pending(slots, self.steps[slots].tolist(), metrics)
+    stop = self._should_stop()
+    if stop or any(self._ends_or_saves(r) for r in slots):
+      self.drain()  # the log must hold every step a checkpoint holds
+    for r in slots:
+      if self.members[r].running:
+        self._after_step(r, stop)
+    return stop
+
+  def _ends_or_saves(self, r: int) -> bool:
+    m, done = self.members[r], int(self.steps[r])
+    return m.running and (m.ckpt.should_save(done) or done == m.run.train.steps)
+
+  def drain(self) -> None:
+    """Reads the pending metrics into the members' logs; a non-finite loss ends its run
+    as diverged."""
+    if self.pending is None:
+      return
+    pending, self.pending = self.pending, None
+    values = jax.device_get(pending.metrics)
+    for r, step in zip(pending.slots, pending.numbers):
+      m = self.members[r]
+      if m.running and not m.consume(step, {k: float(v[r]) for k, v in values.items()}):
+        self._finish(r, "diverged", step, {})
+
+  def _after_step(self, r: int, stop: bool) -> None:
+    m, done = self.members[r], int(self.steps[r])
+    if done == m.run.train.steps:
+      self.complete(r)
+      return
+    saving = m.ckpt.should_save(done) or stop
+    evaluating = done % m.run.train.eval_every == 0
+    if not (saving or evaluating):
+      return
+    run_state = self.engine.run_state(self.state, r)  # out of a group a copy: take it once
+    if saving:
+      m.save(done, run_state, self.elapsed())
+    if evaluating:
+      m.log.append("eval", done, eval_record(self.dataset, evaluate(
+          self._eval_step, run_state.params, self._eval_batches, self.dp)))
+
+  def complete(self, r: int) -> None:
+    """Final evaluation, last checkpoint and result of a run at its last step; the
+    training clock stands still meanwhile."""
+    began = self._clock()
+    m = self.members[r]
+    run_state, last = self.engine.run_state(self.state, r), m.run.train.steps
+    final = final_evaluation(m.run, m.compression, run_state.params, self.dataset,
+                             self._eval_batches, self.dp)
+    log_final_eval(m.log, last, final)
+    if m.start < last:  # else resumed from the checkpoint of its last step
+      m.save(last, run_state, self.elapsed())
+    self._finish(r, "done", last, final)
+    self.paused += self._clock() - began
+
+  def _finish(self, r: int, status: str, steps_done: int, final: dict) -> None:
+    self.members[r].finish(status, steps_done, final, self.elapsed(), self.dataset, self.dp,
+                           len(self.members))
+    self.active[r] = False
+
+  def preempt(self) -> None:
+    """Every unfinished run checkpointed (this step's saves) and ended as preempted."""
+    for r, m in enumerate(self.members):
+      if m.running:
+        m.preempted(int(self.steps[r]))
 
 
-def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
-          compression: compress.Composed | None = None,
+def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.Composed,
+                dataset, folders: Sequence[folder_lib.RunFolder], dp: DataParallel,
+                should_stop: Callable[[], bool],
+                progress: Sequence[Callable[[Progress], None]] | None,
+                start_points: Sequence[StartPoint | None] | None, clock: Clock) -> list[dict]:
+  """Sets up one unit's members (folders, logs, checkpointers) and runs its loop."""
+  t0 = runs[0].train
+  dp.check_batch(t0.global_batch)
+  for run, folder in zip(runs, folders):
+    if not run.config_record:
+      raise ValueError("the RunSpec has no config_record: build it with "
+                       "jscale.train.config.resolve")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write_config(run.config_record)
+  progress = progress or [log_progress(f.name) for f in folders]
+  start_points = start_points or [None] * len(runs)
+  eval_step = make_eval_step(runs[0].model.make_module(), dp, compression)
+  eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
+  with contextlib.ExitStack() as stack:
+    members = [Member(run, folder,
+                      stack.enter_context(Checkpointer(folder.path / folder_lib.CHECKPOINTS,
+                                                       run.checkpoint)),
+                      MetricsLog(folder.path / folder_lib.METRICS), show, compression,
+                      dp.num_devices, point)
+               for run, folder, show, point in zip(runs, folders, progress, start_points)]
+    return UnitTrainer(engine, members, dataset, dp, eval_step, eval_batches, should_stop,
+                       clock).run()
+
+
+def train(run: RunSpec, dataset, folder: "epath.PathLike | folder_lib.RunFolder", *,
+          dp: DataParallel, compression: compress.Composed | None = None,
           should_stop: Callable[[], bool] = lambda: False,
           progress: Callable[[Progress], None] | None = None,
-          start_point: StartPoint | None = None) -> dict:
-  """Trains (or resumes) one run in ``run_dir``; returns its result record.
+          start_point: StartPoint | None = None, clock: Clock = time.perf_counter) -> dict:
+  """Trains (or resumes) one run in ``folder`` (a path or a ``RunFolder``); returns its
+  result record, which the folder's result.json also holds once the run ended.
 
   ``compression`` is the run's composed passes, built by the caller (a distillation
-  teacher restored): ``run.compress.compose()`` when None, which has no teacher.
-  ``start_point``: a branch's trunk checkpoint, where the run starts unless it has
-  checkpoints of its own.
+  teacher restored, ``jscale.train.restore.compression_for``): ``run.compress.compose()``
+  when None, which has no teacher. ``start_point``: a branch's trunk checkpoint, where the
+  run starts unless it has checkpoints of its own. ``clock`` times throughput.
   """
   if compression is None:
     if run.compress.distill is not None:
       raise ValueError("compress.passes holds distill: pass the composed compression with "
-                       "its restored teacher (jscale.sweep.restore.compression_for)")
+                       "its restored teacher (jscale.train.restore.compression_for)")
     compression = run.compress.compose()
   engine = SingleRun(run, build_run(run, compression), dataset, dp)
-  return _train_unit(engine, [run], compression, dataset, [run_dir], dp, should_stop,
-                     [progress] if progress else None, [start_point])[0]
+  return _train_unit(engine, [run], compression, dataset, [folder_lib.RunFolder.at(folder)], dp,
+                     should_stop, [progress] if progress else None, [start_point], clock)[0]
 
 
-def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathLike], *,
+def train_group(runs: Sequence[RunSpec], dataset,
+                folders: Sequence["epath.PathLike | folder_lib.RunFolder"], *,
                 dp: DataParallel, should_stop: Callable[[], bool] = lambda: False,
                 progress: Sequence[Callable[[Progress], None]] | None = None,
                 run_devices: int = 0,
-                start_points: Sequence[StartPoint | None] | None = None) -> list[dict]:
+                start_points: Sequence[StartPoint | None] | None = None,
+                clock: Clock = time.perf_counter) -> list[dict]:
   """Trains (or resumes) same-shape runs as one program; one record per run, in order.
 
   The same loop and records as ``train`` for each run (``progress`` holds one callback
   per run); runs that end before the others keep their slot, masked. ``run_devices``:
   devices on the run axis (0 = ``grouping.default_run_devices``).
   """
-  if len(run_dirs) != len(runs):
-    raise ValueError(f"run_dirs must hold one folder per run ({len(runs)}), got {len(run_dirs)}")
+  if len(folders) != len(runs):
+    raise ValueError(f"folders must hold one folder per run ({len(runs)}), got {len(folders)}")
   engine = batched.StackedRuns(runs, dataset, dp, run_devices)
-  return _train_unit(engine, runs, compress.compose([]), dataset, run_dirs, dp, should_stop,
-                     progress, start_points)
+  return _train_unit(engine, runs, compress.compose([]), dataset,
+                     [folder_lib.RunFolder.at(f) for f in folders], dp, should_stop, progress,
+                     start_points, clock)

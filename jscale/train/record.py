@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.metadata
+import logging
 import platform
 from typing import Callable
 
@@ -30,12 +31,17 @@ def unit_name(model_spec) -> str:
   return "tok" if model_spec.units_per_example > 1 else "ex"
 
 
-def print_progress(prefix: str) -> Callable[[Progress], None]:
-  def show(p: Progress) -> None:
-    print(f"{prefix} step {p.step}/{p.steps} loss {p.loss:.4f} "
-          f"{p.units_per_second:,.0f} {p.unit}/s eta {format_eta(p.run_eta_seconds)}",
-          flush=True)
-  return show
+_log = logging.getLogger(__name__)
+
+
+def progress_line(p: Progress) -> str:
+  return (f"step {p.step}/{p.steps} loss {p.loss:.4f} {p.units_per_second:,.0f} {p.unit}/s "
+          f"eta {format_eta(p.run_eta_seconds)}")
+
+
+def log_progress(prefix: str) -> Callable[[Progress], None]:
+  """Progress lines ``<prefix> step ...`` through the ``jscale`` logger (INFO)."""
+  return lambda p: _log.info("%s %s", prefix, progress_line(p))
 
 
 def versions() -> dict:

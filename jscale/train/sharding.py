@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jscale.errors import BadInput
+
 DATA_AXIS = "data"
 
 
@@ -35,7 +37,7 @@ class DataParallel:
 
   def check_batch(self, global_batch: int, field: str = "train.global_batch") -> None:
     if global_batch % self.num_devices:
-      raise ValueError(
+      raise BadInput(
           f"{field} must be divisible by the device count {self.num_devices}, got {global_batch}")
 
   def shard_batch(self, local_batch: dict) -> dict:
@@ -49,7 +51,7 @@ def data_parallel(num_devices: int = 0) -> DataParallel:
   """A mesh over the first ``num_devices`` devices (0 = all devices of all hosts)."""
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
-    raise ValueError(
+    raise BadInput(
         f"num_devices must be in [0, {len(devices)}] (0 = all), got {num_devices}")
   if num_devices:
     devices = devices[:num_devices]

@@ -1,5 +1,5 @@
 """What one training run is, typed and frozen: model, data, optimisation, checkpoints and
-compression. ``jscale.sweep.config`` builds these from a config and validates every field;
+compression. ``jscale.train.config`` builds these from a config and validates every field;
 nothing in ``jscale.train`` reads a config."""
 
 import dataclasses
@@ -11,7 +11,7 @@ from jscale.models import ModelSpec
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-  """Optimisation and bookkeeping of one run (see ``jscale.sweep.config.base_config``)."""
+  """Optimisation and bookkeeping of one run (see ``jscale.train.config.base_config``)."""
   seed: int
   steps: int
   global_batch: int
@@ -72,9 +72,11 @@ class CompressSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """Everything one training run needs."""
+  """Everything one training run needs, and ``config_record``, the config it was resolved
+  from as its folder's config.json holds it (``jscale.train.config.resolve`` sets it)."""
   model: ModelSpec
   data: data_lib.DataSpec
   train: TrainSpec
   checkpoint: CheckpointSpec
   compress: CompressSpec = CompressSpec()
+  config_record: str = ""

@@ -3,10 +3,14 @@
 Experiment configs (``experiments/configs/*.py``) start from :func:`base_config` and
 override fields; command-line overrides arrive through ml_collections' config flags.
 :func:`resolve` turns a ConfigDict into typed, frozen specs, validating every field,
-so library code below this module never sees a ConfigDict.
+so library code below this module never sees a ConfigDict. Where a library dataclass
+has a default (a model family's fields, a compression pass's settings), the config takes
+it from there, so a key has one default. :func:`record` is a run config as its folder's
+config.json holds it.
 """
 
 import dataclasses
+import json
 import math
 import os
 from typing import Any
@@ -15,6 +19,7 @@ import ml_collections
 
 from jscale import compress, models
 from jscale import data as data_lib
+from jscale.errors import BadInput
 from jscale.models.spec import COMPUTE_DTYPES
 from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
 
@@ -22,24 +27,32 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 COOLDOWN_SHAPES = ("linear", "1-sqrt")
 
 
+def _defaults(cls) -> dict[str, Any]:
+  """A dataclass's field defaults by name."""
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """One training run: model x data x optimisation x checkpointing."""
   c = ml_collections.ConfigDict()
 
+  model = _defaults(models.TransformerSpec)  # the default family's defaults
   c.model = ml_collections.ConfigDict()
-  c.model.family = "transformer"  # one of models.FAMILIES
-  c.model.width = 64  # d_model (transformer), hidden units (mlp), channels (cnn)
-  c.model.depth = 2  # layers (transformer, mlp) or conv blocks (cnn)
-  c.model.num_heads = 4  # transformer: attention heads; must divide width
-  c.model.head_dim = 0  # transformer: if > 0, num_heads = width // head_dim (fixed head size)
-  c.model.mlp_ratio = 4  # transformer: MLP hidden size / width
-  c.model.positions = "rotary"  # transformer: "rotary" or "learned"
+  c.model.family = models.TransformerSpec.family  # one of models.FAMILIES
+  c.model.width = model["width"]  # d_model (transformer), hidden units (mlp), channels (cnn)
+  c.model.depth = model["depth"]  # layers (transformer, mlp) or conv blocks (cnn)
+  c.model.num_heads = model["num_heads"]  # transformer: attention heads; must divide width
+  # transformer: if > 0, num_heads = width // head_dim (a fixed head size)
+  c.model.head_dim = model["head_dim"]
+  c.model.mlp_ratio = model["mlp_ratio"]  # transformer: MLP hidden size / width
+  c.model.positions = model["positions"]  # transformer: "rotary" or "learned"
   # "sp" (standard) or "mup" (transformer, mlp): Tensor Programs V's muP for Adam, so that
   # a learning rate tuned at model.mup_base_width transfers across widths (jscale.models.spec)
-  c.model.parametrization = "sp"
-  # mup: the width where muP equals SP. 64 = model.width's default, so the default run is
-  # the same under both and its tuned train.learning_rate is the muP base rate.
-  c.model.mup_base_width = 64
+  c.model.parametrization = model["parametrization"]
+  # mup: the width where muP equals SP; model.width's default, so the default run is the
+  # same under both and its tuned train.learning_rate is the muP base rate.
+  c.model.mup_base_width = model["mup_base_width"]
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shakespeare"  # one of data.CORPORA
@@ -77,26 +90,34 @@ def base_config() -> ml_collections.ConfigDict:
   # Passes applied in order, from "distill", "prune", "qat", "ptq" (a quantizer comes last).
   c.compress.passes = ()
   c.compress.ptq_eval_bits = ()  # also evaluate post-training quantization at these bits
+  prune = _defaults(compress.MagnitudePruning)
   c.compress.prune = ml_collections.ConfigDict()
-  c.compress.prune.sparsity = 0.5  # target fraction of zeros among prunable weights, [0, 1)
-  c.compress.prune.scope = "layer"  # "layer" (each kernel) or "global" (one threshold)
-  c.compress.prune.structure = "unstructured"  # or "n:m" (keep n of every m)
-  c.compress.prune.n = 2  # N:M pattern
-  c.compress.prune.m = 4
-  c.compress.prune.when = "gradual"  # "gradual" (cubic schedule) or "one_shot" (after training)
+  # target fraction of zeros among prunable weights, [0, 1)
+  c.compress.prune.sparsity = prune["sparsity"]
+  c.compress.prune.scope = prune["scope"]  # "layer" (each kernel) or "global" (one threshold)
+  c.compress.prune.structure = prune["structure"]  # or "n:m" (keep n of every m)
+  c.compress.prune.n = prune["n"]  # N:M pattern
+  c.compress.prune.m = prune["m"]
+  # "gradual" (cubic schedule) or "one_shot" (after training)
+  c.compress.prune.when = prune["when"]
   c.compress.prune.start_fraction = 0.25  # gradual schedule start, as a fraction of train.steps
   c.compress.prune.end_fraction = 0.75  # gradual schedule end (target reached)
-  c.compress.prune.update_every = 10  # steps between mask updates
-  c.compress.prune.include = ""  # regex over parameter paths; "" = kernels with ndim > 1
+  c.compress.prune.update_every = prune["update_every"]  # steps between mask updates
+  # regex over parameter paths; "" = the weight matrices (jscale.models: roles)
+  c.compress.prune.include = prune["include"]
+  quantize = _defaults(compress.PostTrainingQuantization)
   for name in ("ptq", "qat"):
     c.compress[name] = ml_collections.ConfigDict()
-    c.compress[name].bits = 8  # weight bits: 8 or 4
-    c.compress[name].activation_bits = 8  # dynamic per-token activation bits; 0 = float
-    c.compress[name].include = ""  # regex over kernel paths; "" = every kernel
+    c.compress[name].bits = quantize["bits"]  # weight bits: 8 or 4
+    # dynamic per-token activation bits; 0 = float
+    c.compress[name].activation_bits = quantize["activation_bits"]
+    c.compress[name].include = quantize["include"]  # regex over kernel paths; "" = every kernel
+  distill = _defaults(compress.Distillation)
   c.compress.distill = ml_collections.ConfigDict()
   c.compress.distill.teacher = ""  # a trained run's folder, or "run:<id>" in this workdir
-  c.compress.distill.temperature = 2.0  # softmax temperature T
-  c.compress.distill.weight = 0.5  # share of the teacher (soft) term, in [0, 1]
+  c.compress.distill.temperature = distill["temperature"]  # softmax temperature T
+  # share of the teacher (soft) term, in [0, 1]
+  c.compress.distill.weight = distill["weight"]
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 100  # steps between checkpoints (one is always written at the end)
@@ -113,7 +134,7 @@ MAX_COUNT = 2**31 - 1
 
 def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
   if not ok:
-    raise ValueError(f"{field} must be {allowed}, got {value!r}")
+    raise BadInput(f"{field} must be {allowed}, got {value!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -299,6 +320,16 @@ def completed(stored: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def run_config_dict(config: ml_collections.ConfigDict) -> dict:
+  """The run part of a config (no sweep section) as plain JSON-able data."""
+  return {k: v for k, v in config.to_dict().items() if k != "sweep"}
+
+
+def record(config: ml_collections.ConfigDict) -> str:
+  """The run config as its folder's config.json holds it."""
+  return json.dumps(run_config_dict(config), indent=2, sort_keys=True, default=list) + "\n"
+
+
 def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:
   d = config.data
   if _is_int(d.seq_len):
@@ -312,16 +343,17 @@ def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
   """Validates a run config and returns typed specs (loads the dataset if not given)."""
   train = _train_spec(config.train)
   if config.model.family not in models.FAMILIES:
-    raise ValueError(f"model.family must be one of {tuple(models.FAMILIES)}, "
+    raise BadInput(f"model.family must be one of {tuple(models.FAMILIES)}, "
                      f"got {config.model.family!r}")
   dataset = dataset if dataset is not None else data_lib.load(data_spec(config))
   if models.FAMILIES[config.model.family].is_language_model != (dataset.kind == "text"):
     text = " or ".join(f for f, spec in models.FAMILIES.items() if spec.is_language_model)
     images = " or ".join(f for f, spec in models.FAMILIES.items() if not spec.is_language_model)
-    raise ValueError(
+    raise BadInput(
         f"model.family {config.model.family!r} does not fit data.name {config.data.name!r} "
         f"({dataset.kind} data); use {text} for text and {images} for images")
   return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
                  data=data_spec(config), train=train,
                  checkpoint=_checkpoint_spec(config.checkpoint),
-                 compress=_compress_spec(config.compress, train.steps))
+                 compress=_compress_spec(config.compress, train.steps),
+                 config_record=record(config))
