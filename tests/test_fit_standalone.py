@@ -1,6 +1,7 @@
 """jscale.fit is a generic scaling-law library: it imports nothing of jscale outside
-itself but the typed errors (jscale.errors), and none of the sweep's vocabulary (results.csv columns, compression passes)
-appears in its code; ``jscale.sweep.analysis`` translates a sweep for it."""
+itself but the typed errors (jscale.errors), and none of the sweep's vocabulary
+(results.csv columns, compression passes) appears in its code; ``jscale.sweep.analysis``
+translates a sweep for it."""
 
 import ast
 import pathlib
@@ -46,7 +47,8 @@ def test_there_are_sources_to_check():
 def test_fit_imports_nothing_of_jscale_outside_jscale_fit(path):
   modules = _imported_modules(ast.parse(path.read_text()))
   outside = [m for m in modules if m.startswith(".")
-             or (m.split(".")[0] == "jscale" and not m.startswith(("jscale.fit", "jscale.errors")))]
+             or (m.split(".")[0] == "jscale"
+                 and not m.startswith(("jscale.fit", "jscale.errors")))]
   assert not outside, f"jscale/fit/{path.name} imports {outside}"
 
 

@@ -94,6 +94,14 @@ def _axis(values, field: str, cast) -> tuple:
     raise BadInput(f"sweep.{field} must be a sequence of numbers, got {values!r}") from None
 
 
+def _integers(values, field: str) -> tuple[int, ...]:
+  """An axis of counts (widths, depths, seeds): integers only, never rounded."""
+  axis = _axis(values, field, lambda v: v)
+  if not all(isinstance(v, int) and not isinstance(v, bool) for v in axis):
+    raise BadInput(f"sweep.{field} must be a sequence of integers, got {tuple(values)!r}")
+  return axis
+
+
 def _amounts(values, field: str) -> tuple[float, ...]:
   amounts = _axis(values, field, float)
   for v in amounts:
@@ -121,9 +129,9 @@ def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
     raise BadInput("sweep.distill_from_largest must be True or False, got "
                      f"{s.distill_from_largest!r}")
   return SweepSpec(
-      widths=_axis(s.widths, "widths", int), depths=_axis(s.depths, "depths", int),
+      widths=_integers(s.widths, "widths"), depths=_integers(s.depths, "depths"),
       learning_rates=_axis(s.learning_rates, "learning_rates", float),
-      seeds=_axis(s.seeds, "seeds", int), tokens=_amounts(s.tokens, "tokens"),
+      seeds=_integers(s.seeds, "seeds"), tokens=_amounts(s.tokens, "tokens"),
       budgets=_amounts(s.budgets, "budgets"),
       sparsities=_axis(s.sparsities, "sparsities", float),
       precisions=tuple(s.precisions), distill_from_largest=s.distill_from_largest,
