@@ -26,6 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import smoke
 from absl import app, flags
 
 from jscale import data as data_lib
@@ -98,6 +99,8 @@ def parabola_minimum(log2_rates: np.ndarray, losses: np.ndarray) -> float:
 
 def main(argv):
   del argv
+  smoke.shrink({"widths": ["16", "32"], "log2_rates": ["-8", "-6"], "steps": 4,
+                "eval_batches": 1})
   widths = [int(w) for w in _WIDTHS.value]
   log2_rates = np.array([float(k) for k in _LOG2_RATES.value])
   rates = 2.0**log2_rates

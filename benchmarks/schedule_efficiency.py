@@ -17,6 +17,7 @@ import os
 import tempfile
 
 import numpy as np
+import smoke
 from absl import app, flags
 
 _WIDTHS = flags.DEFINE_list("widths", ["24", "32", "48", "64"], "Model widths of the grid.")
@@ -76,6 +77,7 @@ def _interval(result, name: str) -> str:
 
 def main(argv):
   del argv
+  smoke.shrink({"widths": ["8", "12", "16"], "tokens": ["3e4", "4e4", "5e4"], "bootstrap": 0})
   from jscale import fit as fit_lib
 
   widths = tuple(int(w) for w in _WIDTHS.value)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import smoke
 from absl import app, flags
 
 _PROCESSES = flags.DEFINE_integer("processes", 2, "JAX processes.")
@@ -144,6 +145,7 @@ def _measure() -> None:
 
 
 def main(argv):
+  smoke.shrink({"width": 8, "steps": 2, "rounds": 1})
   if _PROCESSES.value < 1 or _DEVICES.value < 1 or _EVERY.value < 1:
     raise ValueError("--processes, --devices_per_process and --every must be >= 1")
   if _PROCESS_ID.value < 0:

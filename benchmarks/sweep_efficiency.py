@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import smoke
 from absl import app, flags
 
 _WIDTH = flags.DEFINE_integer("width", 64, "Model width (d_model).")
@@ -84,6 +85,7 @@ def _probe(cache_dir: str) -> float:
 
 
 def main(argv):
+  smoke.shrink({"width": 8, "runs": 2, "steps": 6})
   del argv
   if _COMPILE_PROBE.value:
     print(_compile_seconds(_COMPILE_PROBE.value))

@@ -31,6 +31,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import smoke
 from absl import app, flags
 
 from experiments import cli
@@ -185,6 +186,8 @@ def force_host_devices(count: int) -> None:
 
 
 def main(argv):
+  smoke.shrink({"sizes": "16x1,32x1", "compare_head_dim": 16, "rounds": 1, "steps": 1,
+                "peak_n": 256})
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
   sizes = parse_sizes(_SIZES.value)
