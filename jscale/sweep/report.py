@@ -214,7 +214,11 @@ def draw_sweep_plots(workdir: epath.PathLike) -> None:
   trunks = {r["trunk"] for r in rows if r["trunk"]}
   finished = [r for r in rows if r["status"] == "done" and r["run_id"] not in trunks]
   points = [r for r in finished if r["selected"] != "False"]
-  frontier = plot_loss_vs_compute(workdir, finished, plot_dir / "loss_vs_compute.png")
+  frontier = None
+  if any((run_dir(workdir, r["run_id"]) / METRICS).exists() for r in finished):
+    frontier = plot_loss_vs_compute(workdir, finished, plot_dir / "loss_vs_compute.png")
+  else:  # a results.csv without its run folders: no curves to draw
+    _log.info("loss_vs_compute.png not drawn: no run folder with eval records")
   if frontier is not None:
     p = frontier.params
     _log.info("compute frontier: L(C) = %.4g + (%.4g / C)^%.4f fitted to %d lower-envelope "

@@ -123,7 +123,7 @@ def wait_for(workdir: epath.Path, run: plan_lib.PlannedRun, source: str | None, 
   return None
 
 
-def _failed(e: Exception, folder: RunFolder) -> dict:
+def _failed(e: Exception, folder: RunFolder, run: plan_lib.PlannedRun) -> dict:
   """A run's failure: a storage fault or bad input stops the sweep (as does any error
   with several processes); a bug fails the run, with its traceback logged."""
   fault = storage_fault(e, os.fspath(folder.path))
@@ -133,7 +133,8 @@ def _failed(e: Exception, folder: RunFolder) -> dict:
     raise e
   _log.error("%s failed", folder.name, exc_info=e)
   text = str(e).strip()
-  return folder.write_failure(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
+  return folder.write_failure(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}",
+                              run.spec.config_record)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +170,8 @@ def _train_unit(ctx: _Context, unit: list[plan_lib.PlannedRun], progress) -> lis
     ready = [i for i in range(len(unit)) if i not in blocked]
     trained = iter(_train_unit(ctx, [unit[i] for i in ready], [progress[i] for i in ready])
                    if ready else [])
-    return [folders[i].write_failure(blocked[i]) if i in blocked else next(trained)
-            for i in range(len(unit))]
+    return [folders[i].write_failure(blocked[i], unit[i].spec.config_record) if i in blocked
+            else next(trained) for i in range(len(unit))]
   try:
     if len(unit) > 1:
       return train_group([r.spec for r in unit], ctx.dataset, folders, dp=ctx.dp,
@@ -182,7 +183,7 @@ def _train_unit(ctx: _Context, unit: list[plan_lib.PlannedRun], progress) -> lis
                   should_stop=ctx.should_stop, progress=progress[0],
                   start_point=_start_point(ctx, run))]
   except Exception as e:  # a bug ends its runs only: see _failed
-    return [_failed(e, f) for f in folders]
+    return [_failed(e, f, r) for f, r in zip(folders, unit)]
 
 
 def _still_to_train(workdir: epath.Path, runs: list[plan_lib.PlannedRun]
@@ -280,11 +281,10 @@ def run_sweep(config, options: SweepOptions,
   if missing:
     _log.info("%d runs of other workers not finished yet; the last worker to finish writes "
               "the fit and plots", len(missing))
-    return "waiting"
-  if options.fit and hosts.is_writer():
+  elif options.fit and hosts.is_writer():
     report.write_report(workdir, bootstrap=sweep.bootstrap, select=sweep.select)
   if failed:
     _log.error("%d runs failed (tracebacks above, errors in their result.json); rerun the "
                "same command to retry them", failed)
     return "failed"
-  return "done"
+  return "waiting" if missing else "done"

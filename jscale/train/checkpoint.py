@@ -72,7 +72,7 @@ def structure_difference(saved, expected) -> str | None:
   """The first path where two state trees (arrays, ShapeDtypeStructs or orbax's array
   metadata) differ in presence, shape or dtype, described; None when they agree."""
   have, want = _leaves_by_path(saved), _leaves_by_path(expected)
-  for name in sorted(set(have) | set(want)):
+  for name in [*want, *(n for n in have if n not in want)]:  # the state's own order first
     if name not in have:
       return f"{name} is missing from the checkpoint"
     if name not in want:
@@ -119,8 +119,12 @@ class Checkpointer:
         # Created in the foreground, a step folder that cannot be made raises at once.
         async_options=ocp.AsyncOptions(timeout_secs=_SAVE_TIMEOUT_SECONDS,
                                        create_directories_asynchronously=False))
+    # Handlers named up front: a fresh manager can then read a step's metadata before
+    # anything is restored (the structure check of ``restore``).
     self._manager = ocp.CheckpointManager(
-        self._directory, item_names=(_STATE, _META), options=options)
+        self._directory, options=options,
+        item_handlers={_STATE: ocp.StandardCheckpointHandler(),
+                       _META: ocp.JsonCheckpointHandler()})
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

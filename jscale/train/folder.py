@@ -62,8 +62,11 @@ class RunFolder:
   def write_result(self, result: dict) -> None:
     write_json_atomic(self.path / RESULT, dict(result, **dict(self.annotations)))
 
-  def write_failure(self, error: str) -> dict:
-    """Ends the run as ``failed`` with a one-line ``error``; returns the record."""
+  def write_failure(self, error: str, config_record: str) -> dict:
+    """Ends the run as ``failed`` with a one-line ``error`` (and its config.json, which a
+    run that failed before its first step lacks); returns the record."""
+    if not (self.path / CONFIG).exists():
+      write_text_atomic(self.path / CONFIG, config_record)
     record = {"status": "failed", "error": error}
     self.write_result(record)
     return record
