@@ -33,8 +33,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Sweep directory: reads results.csv, writes fit.json and plots/.")
 _LAW = flags.DEFINE_string("law", None,
                            "chinchilla, isoflop, kaplan_n, kaplan_d, kaplan_c, kaplan_nd, "
-                           "sparsity, sparsity_n, precision, distillation (or any registered "
-                           "law); default chinchilla, or chosen from the sweep with --workdir.")
+                           "sparsity, sparsity_n, precision, distillation, annealing (or any "
+                           "registered law); default chinchilla, or chosen from the sweep with "
+                           "--workdir.")
 _IRREDUCIBLE = flags.DEFINE_bool("irreducible", False,
                                   "Add the irreducible term E to kaplan_n/d/c.")
 _N_COL = flags.DEFINE_string("n_col", None, "Column of non-embedding parameters N.")
