@@ -161,6 +161,7 @@ def _depth_csv(path):
     f.writelines(f"{n},{d},{k},{v}\n" for n, d, k, v in zip(data["N"], data["D"], depth, loss))
 
 
+@pytest.mark.slow
 def test_command_line_tests_columns_resamples_sizes_and_draws_the_profile(tmp_path):
   _depth_csv(tmp_path / "grid.csv")
   out = tmp_path / "fit.json"
