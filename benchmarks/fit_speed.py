@@ -3,10 +3,15 @@
 Same 240 points, same 4,500-start grid, one run. Prints both sides and ends
 with one key=value line. jscale's first call includes compilation (reported
 separately as compile_seconds = first call - steady call); the bootstrap time
-includes the compilation of its own (vmapped) programs.
+includes the compilation of its own (vmapped) programs. The fit is timed without
+its (alpha, beta) profile; the profile (default 31 x 31 grid, NNLS + Huber refinement)
+and the diagnostics (every check, with two unfitted columns tested) are timed on
+their own, as a fit with them costs.
 
 Usage: python benchmarks/fit_speed.py [--bootstrap=100] [--skip_scipy]
   [--compilation_cache=DIR]   (JAX persistent cache: run twice for warm-cache numbers)
+  [--smoke]                   (40 points, 10 scipy starts, 2 resamples, a 7 x 7 profile;
+                              its fit_speedup compares 10 scipy starts with 4,500)
 """
 
 import argparse
@@ -19,7 +24,7 @@ import numpy as np
 from scipy import optimize as scipy_optimize
 
 from jscale import fit as fit_lib
-from jscale.fit import registry, table
+from jscale.fit import diagnostics, profile, registry, table
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/chinchilla_epoch_replication.csv"
 
@@ -66,10 +71,46 @@ def _scipy_reference(points, starts):
   return best
 
 
+def _timed(fn, repeats=5):
+  """(first call's seconds, median of ``repeats`` further calls, last result)."""
+  t0 = time.perf_counter()
+  out = fn()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn()
+    times.append(time.perf_counter() - t0)
+  return first, float(np.median(times)), out
+
+
+def _extras(points, result, points_per_axis):
+  """Seconds of the profile (first call, steady) and of the diagnostics (steady)."""
+  p = result.params
+  axes = (profile.axis(p["alpha"], points=points_per_axis),
+          profile.axis(p["beta"], points=points_per_axis))
+  profile_first, profile_steady, _ = _timed(lambda: profile.profile(points, *axes))
+  rng = np.random.default_rng(0)
+  unfitted = {"level": rng.choice([2.0, 4.0, 6.0], points["loss"].size),
+              "rate": rng.uniform(size=points["loss"].size)}
+  residuals = rng.normal(0, 1e-3, points["loss"].size)
+  law = registry.get("chinchilla")
+
+  def checks():
+    tests = diagnostics.residual_tests(residuals, unfitted)
+    return diagnostics.checks(law, p, points, result.bootstrap.get("params", {}), tests, 1e21)
+
+  _, diagnostics_steady, _ = _timed(checks)
+  return profile_first, profile_steady, diagnostics_steady
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--bootstrap", type=int, default=100)
   parser.add_argument("--skip_scipy", action="store_true")
+  parser.add_argument("--smoke", action="store_true",
+                      help="a tiny size that runs in seconds (40 points, 10 scipy starts, "
+                           "2 bootstrap resamples, a 7 x 7 profile)")
   parser.add_argument("--compilation_cache", default="",
                       help="JAX persistent compilation cache directory (default: none, a cold "
                            "compile)")
@@ -81,28 +122,30 @@ def main():
         f"compilation cache {args.compilation_cache or 'off'}")
   points = _points()
   starts = registry.get("chinchilla").start_grid()
+  resamples, profile_points = args.bootstrap, profile.POINTS
+  if args.smoke:
+    points = {k: v[::6] for k, v in points.items()}
+    starts, resamples, profile_points = starts[::450], min(resamples, 2), 7
+  points["D"] = points["C"] / (6 * points["N"])
 
-  t0 = time.perf_counter()
-  first = fit_lib.fit("chinchilla", points, bootstrap=0)
-  first_seconds = time.perf_counter() - t0
-  steady_times = []
-  for _ in range(5):   # the median of five: the shared cores make single calls noisy
-    t0 = time.perf_counter()
-    steady = fit_lib.fit("chinchilla", points, bootstrap=0)
-    steady_times.append(time.perf_counter() - t0)
-  fit_seconds = float(np.median(steady_times))
+  # the median of five steady calls: the shared cores make single calls noisy
+  first_seconds, fit_seconds, steady = _timed(
+      lambda: fit_lib.fit("chinchilla", points, bootstrap=0, profile=False))
   print(f"jscale: objective {steady.objective:.9g} alpha {steady.params['alpha']:.5f} "
         f"beta {steady.params['beta']:.5f} first call {first_seconds:.2f}s "
-        f"(first objective {first.objective:.9g}) "
-        f"steady median {fit_seconds:.3f}s (min {min(steady_times):.3f}s of 5)")
+        f"steady median {fit_seconds:.3f}s")
 
   bootstrap_seconds = float("nan")
-  if args.bootstrap:
+  boot = steady
+  if resamples:
     t0 = time.perf_counter()
-    boot = fit_lib.fit("chinchilla", points, bootstrap=args.bootstrap, seed=0)
+    boot = fit_lib.fit("chinchilla", points, bootstrap=resamples, seed=0, profile=False)
     bootstrap_seconds = time.perf_counter() - t0 - fit_seconds
-    print(f"jscale bootstrap {args.bootstrap} x {len(starts)} starts: {bootstrap_seconds:.1f}s "
+    print(f"jscale bootstrap {resamples} x 4500 starts: {bootstrap_seconds:.1f}s "
           f"(incl. its compile); sd(alpha) {boot.bootstrap['params']['alpha']['sd']:.4f}")
+  profile_first, profile_seconds, diagnostics_seconds = _extras(points, boot, profile_points)
+  print(f"profile {profile_points} x {profile_points}: first call {profile_first:.2f}s, steady "
+        f"median {profile_seconds:.3f}s; diagnostics steady median {diagnostics_seconds:.4f}s")
 
   scipy_seconds = float("nan")
   if not args.skip_scipy:
@@ -116,7 +159,10 @@ def main():
   print(f"fit_speedup={scipy_seconds / fit_seconds:.1f} fit_seconds={fit_seconds:.2f} "
         f"compile_seconds={first_seconds - fit_seconds:.2f} "
         f"total_first_fit_seconds={first_seconds:.2f} "
-        f"bootstrap_seconds={bootstrap_seconds:.1f} scipy_seconds={scipy_seconds:.1f}")
+        f"bootstrap_seconds={bootstrap_seconds:.1f} scipy_seconds={scipy_seconds:.1f} "
+        f"profile_seconds={profile_seconds:.3f} "
+        f"profile_compile_seconds={profile_first - profile_seconds:.2f} "
+        f"diagnostics_seconds={diagnostics_seconds:.4f} scipy_starts={len(starts)}")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ through C. Approach 2 ("isoflop") takes C with N and/or D and derives only what
 the table lacks (see ``approaches``).
 """
 
+from typing import Mapping
+
 import jax
 import numpy as np
 
 from jscale.errors import BadInput, FitError
 from jscale.fit import allocation as allocation_lib
-from jscale.fit import approaches, compression, optimize, registry, report, table
+from jscale.fit import approaches, compression, diagnostics, optimize, registry, report, table
 from jscale.fit import bootstrap as bootstrap_lib
+from jscale.fit import profile as profile_lib
 
 ISOFLOP = "isoflop"
 
@@ -113,7 +116,9 @@ def _extrapolation(law, cols, holdout, delta, schedule, residual, reduction):
 def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
         bootstrap: int = 100, seed: int = 0, compute: float | None = None,
         reduction: str = "sum", prune: bool = True, holdout: tuple[str, float] | None = None,
-        residual: str = "log", notes: tuple[str, ...] = ()) -> report.FitResult:
+        residual: str = "log", notes: tuple[str, ...] = (),
+        residual_covariates: Mapping[str, np.ndarray] | None = None,
+        bootstrap_clusters: str | None = None, profile: bool = True) -> report.FitResult:
   """Fits ``law`` to ``columns`` with multi-start L-BFGS and a seeded bootstrap.
 
   Args:
@@ -130,6 +135,17 @@ def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
       threshold and report the error on the larger ones.
     residual: "log" (log L_hat - log L, the default) or "linear" (L_hat - L).
     notes: lines carried into the result (e.g. rows excluded upstream).
+    residual_covariates: named columns the law does not contain (a model's depth, its
+      learning rate, ...): not fitted, but its log residuals are tested against each
+      (``diagnostics``).
+    bootstrap_clusters: resample clusters instead of points: the key of a column (of
+      ``columns`` or ``residual_covariates``, e.g. "N") whose distinct values are the
+      clusters; every resample draws as many clusters as there are, with replacement,
+      with all their points.
+    profile: for Chinchilla (log residuals), the objective over an (alpha, beta) grid
+      (``profile``), in ``FitResult.profile``.
+
+  The result's ``warnings`` hold every ``diagnostics`` check that fired.
   """
   if not huber_delta > 0:
     raise BadInput(f"huber_delta must be > 0, got {huber_delta}")
@@ -145,6 +161,8 @@ def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
     raise FitError(f"law {law} has {spec.n_params} parameters but only {n} points were given")
   if compute is not None and law != "chinchilla":
     raise BadInput(f"compute allocation needs law chinchilla, got {law!r}")
+  extra = _residual_covariates(residual_covariates, n)
+  weights = _resample_weights(n, bootstrap, seed, bootstrap_clusters, cols | extra)
   schedule = optimize.PRUNED_SCHEDULE if prune else optimize.FULL_SCHEDULE
   log_x = _log_x(spec, cols)
   target = _target(residual, cols["loss"])
@@ -157,26 +175,29 @@ def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
     alloc = allocation_lib.chinchilla_allocation(params, compute).to_json()
     alloc["loss_opt"] = float(allocation_lib.chinchilla_loss(params, alloc["n_opt"],
                                                              alloc["d_opt"]))
-  boot = {}
+  boot, samples = {}, {}
   if bootstrap:
-    weights = bootstrap_lib.resample_weights(n, bootstrap, seed)
-    theta_b, _, converged_b = optimize.fit_resamples(
-        fitted, log_x, target, weights, delta=huber_delta, reduction=reduction, starts=starts)
-    samples = _natural_samples(spec, theta_b)
-    boot = {"resamples": bootstrap, "seed": seed, "converged": int(converged_b.sum()),
-            "params": bootstrap_lib.summarise(samples),
-            "log_params": bootstrap_lib.summarise(dict(zip(spec.param_names, theta_b.T)))}
-    if law == "chinchilla":
-      alpha, beta = samples["alpha"], samples["beta"]
-      boot["shares"] = bootstrap_lib.summarise({"a_share": beta / (alpha + beta),
-                                                "b_share": alpha / (alpha + beta)})
-      if compute is not None:
-        boot["allocation"] = bootstrap_lib.summarise(_allocation_samples(samples, compute))
+    boot, samples = _bootstrap(spec, fitted, log_x, target, weights, seed=seed,
+                               delta=huber_delta, reduction=reduction, starts=starts,
+                               compute=compute)
+    if bootstrap_clusters:
+      boot.update(clusters=bootstrap_clusters, n_clusters=int(np.unique(
+          (cols | extra)[bootstrap_clusters]).size))
   extrapolation = (_extrapolation(spec, cols, holdout, huber_delta, schedule, residual,
                                   reduction) if holdout else None)
   note_list = list(notes)
   if n < 3 * spec.n_params:
     note_list.append(f"only {n} points for {spec.n_params} parameters: expect wide intervals")
+  residuals = np.log(cols["loss"]) - np.log(_predict(spec, best.theta, cols))
+  tests = diagnostics.residual_tests(residuals, extra)
+  found, ran = diagnostics.checks(spec, params, cols, boot.get("params", {}), tests, compute)
+  prof = None
+  if profile and law == "chinchilla" and residual == "log" and min(
+      params["alpha"], params["beta"]) > 0:
+    prof = profile_lib.profile(
+        cols, profile_lib.axis(params["alpha"], samples.get("alpha")),
+        profile_lib.axis(params["beta"], samples.get("beta")), delta=huber_delta,
+        reduction=reduction).to_json()
   return report.FitResult(
       law=law, params=params, log_params=dict(zip(spec.param_names, map(float, best.theta))),
       objective=best.objective, n_points=n, converged=best.converged,
@@ -185,9 +206,56 @@ def fit(law: str, columns: dict[str, np.ndarray], *, huber_delta: float = 1e-3,
                    "relative_gradient": best.relative_gradient,
                    "iterations": best.iterations, "n_starts": best.n_starts,
                    "n_finishers": best.n_finishers, "huber_delta": huber_delta,
-                   "reduction": reduction, "residual": residual},
+                   "reduction": reduction, "residual": residual, "checks": ran,
+                   "residual_tests": tests},
       bootstrap=boot, allocation=alloc, extrapolation=extrapolation, notes=tuple(note_list),
-      columns=cols, theta=best.theta, sections=_effective_params_section(law, params, cols))
+      columns=cols, theta=best.theta, sections=_effective_params_section(law, params, cols),
+      warnings=tuple(found), profile=prof, bootstrap_samples=samples)
+
+
+def _residual_covariates(columns: Mapping[str, np.ndarray] | None,
+                         n: int) -> dict[str, np.ndarray]:
+  """The columns to test residuals against, as float64, one finite value per point."""
+  out = {}
+  for name, values in (columns or {}).items():
+    values = np.asarray(values, np.float64)
+    if values.shape != (n,):
+      raise BadInput(f"residual covariate {name!r} must hold one number per point ({n}), got "
+                     f"shape {values.shape}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      raise BadInput(f"residual covariate {name!r} must be finite; not at rows {bad[:5].tolist()}")
+    out[name] = values
+  return out
+
+
+def _resample_weights(n: int, resamples: int, seed: int, clusters: str | None,
+                      columns: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Point weights of every resample: points drawn with replacement, or whole clusters."""
+  if clusters is None:
+    return bootstrap_lib.resample_weights(n, resamples, seed)
+  if clusters not in columns:
+    raise BadInput(f"bootstrap_clusters must name a column of the fit, one of "
+                   f"{sorted(columns)}; got {clusters!r}")
+  return bootstrap_lib.cluster_weights(columns[clusters], resamples, seed)
+
+
+def _bootstrap(spec: registry.Law, fitted: registry.Law, log_x, target, weights, *, seed,
+               delta, reduction, starts, compute) -> tuple[dict, dict[str, np.ndarray]]:
+  """The bootstrap section of fit.json, and the natural parameters of every resample."""
+  theta_b, _, converged_b = optimize.fit_resamples(
+      fitted, log_x, target, weights, delta=delta, reduction=reduction, starts=starts)
+  samples = _natural_samples(spec, theta_b)
+  boot = {"resamples": len(weights), "seed": seed, "converged": int(converged_b.sum()),
+          "params": bootstrap_lib.summarise(samples),
+          "log_params": bootstrap_lib.summarise(dict(zip(spec.param_names, theta_b.T)))}
+  if spec.name == "chinchilla":
+    alpha, beta = samples["alpha"], samples["beta"]
+    boot["shares"] = bootstrap_lib.summarise({"a_share": beta / (alpha + beta),
+                                              "b_share": alpha / (alpha + beta)})
+    if compute is not None:
+      boot["allocation"] = bootstrap_lib.summarise(_allocation_samples(samples, compute))
+  return boot, samples
 
 
 def _effective_params_section(law: str, params: dict[str, float],

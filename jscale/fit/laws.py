@@ -4,7 +4,8 @@ Every law returns log L_hat so the fitter can score log residuals directly.
 Letters: N non-embedding (for sparse models: non-zero) parameters, D training
 tokens, C training FLOPs, S sparsity (its covariate is log(1 - S), the log
 density), P post-training precision in bits, T the teacher's loss (for a
-distilled student), L loss, E irreducible loss. ``theta`` is the law's
+distilled student), S1 and S2 the learning-rate areas of the annealing law,
+L loss, E irreducible loss. ``theta`` is the law's
 parameter vector in the order of its registry entry; ``log_x`` maps covariate
 names to arrays of natural logs (``registry.log_covariate``).
 
@@ -105,6 +106,19 @@ def distillation(theta: Array, log_t: Array, log_n: Array, log_d: Array) -> Arra
   log_k, c0, a, b, alpha, beta = (theta[i] for i in range(6))
   learning = _logsumexp(a - alpha * log_n, b - beta * log_d) - c0 * log_t
   return _logsumexp(log_k + log_t, learning)
+
+
+def annealing(theta: Array, log_s1: Array, log_s2: Array) -> Array:
+  """log of Tissue et al.'s (2024) L(s) = L0 + A S1^-alpha - C S2 for a learning-rate schedule.
+
+  S1 is the sum of the learning rates up to step s and S2 the annealing momentum
+  (``annealing.areas``); S2 is 0 (log -inf) until the schedule first decays.
+  theta = (log L0, log A, alpha, log C). Where C S2 reaches L0 + A S1^-alpha the
+  prediction is not positive and its log is NaN (the objective is then +inf).
+  """
+  log_l0, log_a, alpha, log_c = theta[0], theta[1], theta[2], theta[3]
+  gain = _logsumexp(jnp.broadcast_to(log_l0, log_s1.shape), log_a - alpha * log_s1)
+  return gain + jnp.log1p(-jnp.exp(log_c + log_s2 - gain))
 
 
 def covariates(fn, *names: str):

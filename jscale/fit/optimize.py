@@ -111,7 +111,8 @@ _stage_resamples_jit = jax.jit(_stage_resamples, static_argnames=_STATIC)
 _CPU_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
 
-def _compile(lowered):
+def compile_lowered(lowered):
+  """Compiles a lowered program, on CPU with ``_CPU_COMPILE_OPTIONS``."""
   if jax.default_backend() != "cpu":
     return lowered.compile()
   try:
@@ -144,7 +145,7 @@ def _programs(resamples: int | None, num_starts: int, num_params: int, num_point
                                   reduction=reduction))
     rows = rows if stage.keep is None else min(rows, stage.keep)
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-    return tuple(pool.map(_compile, lowered))
+    return tuple(pool.map(compile_lowered, lowered))
 
 
 def _run_schedule(starts, log_x, log_y, weights, *, law_name, schedule, delta, reduction):
@@ -167,7 +168,7 @@ def _prepare(law: registry.Law, log_x: Mapping[str, np.ndarray], starts: np.ndar
   missing = [c for c in law.covariates if c not in log_x]
   if missing:
     raise ValueError(f"law {law.name} needs covariates {list(law.covariates)}, missing {missing}")
-  means = {c: float(np.mean(log_x[c])) for c in law.covariates}
+  means = registry.covariate_means(log_x, law.covariates)
   centred_x = {c: jnp.asarray(np.asarray(log_x[c], np.float64) - means[c]) for c in law.covariates}
   grid = law.start_grid() if starts is None else np.asarray(starts, np.float64)
   return means, centred_x, law.shift(grid, means, -1.0)

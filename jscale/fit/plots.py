@@ -1,5 +1,7 @@
 """PNG plots of a fit: data against the fitted law with its residuals, Chinchilla's
-compute frontier, and Approach 2's IsoFLOP profiles and frontier.
+compute frontier and allocation (shaded where they extrapolate beyond the data), the
+objective's (alpha, beta) profile, an annealing law's curves, and Approach 2's IsoFLOP
+profiles and frontier. A fit's warnings are written under its plots.
 
 Figures are built with matplotlib's object-oriented API (``Figure``, no pyplot):
 nothing here selects a backend or touches global state, so importing this module
@@ -15,14 +17,24 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from jscale.fit import allocation as allocation_lib
-from jscale.fit import approaches, registry
+from jscale.fit import annealing, approaches, registry
 from jscale.fit.api import ISOFLOP, predict
 from jscale.fit.report import FitResult
 
+_WARNING_LINE = 0.028  # figure height fraction per warning line under the axes
+_EXTRAPOLATED = {"color": "0.85", "zorder": 0}  # shading beyond the data
 
-def save(fig: Figure, path: str) -> str:
-  """Writes ``fig`` as a PNG at ``path``; returns the path."""
-  fig.tight_layout()
+
+def save(fig: Figure, path: str, warnings: tuple[dict, ...] = ()) -> str:
+  """Writes ``fig`` as a PNG at ``path`` with ``warnings`` (codes and messages) written
+  under the axes, the figure made taller for them; returns the path."""
+  bottom = _WARNING_LINE * len(warnings)
+  width, height = fig.get_size_inches()
+  fig.set_size_inches(width, height / max(1 - bottom, 0.3))
+  for i, w in enumerate(warnings):
+    fig.text(0.01, bottom - _WARNING_LINE * (i + 0.8), f"warning [{w['code']}]: {w['message']}",
+             fontsize=7, color="darkred", wrap=True)
+  fig.tight_layout(rect=(0, bottom, 1, 1))
   fig.savefig(path, dpi=110)
   return path
 
@@ -32,6 +44,8 @@ def plot_fit(result: FitResult, out_dir: str) -> list[str]:
   os.makedirs(out_dir, exist_ok=True)
   if result.law == ISOFLOP:
     return [plot_isoflop(result, os.path.join(out_dir, "fit.png"))]
+  if result.law == annealing.LAW:
+    return [plot_annealing(result, os.path.join(out_dir, "fit.png"))]
   law = registry.get(result.law)
   cols = result.columns
   predicted = predict(result, cols)
@@ -53,31 +67,105 @@ def plot_fit(result: FitResult, out_dir: str) -> list[str]:
   ax_res.scatter(cols[x_name], np.log(cols["loss"]) - np.log(predicted), s=10)
   ax_res.axhline(0.0, color="k", lw=0.8)
   ax_res.set(xscale="log", xlabel=x_name, ylabel="log L - log L_hat", title="residuals")
-  paths = [save(fig, os.path.join(out_dir, "fit.png"))]
-  if result.law == "chinchilla":
+  paths = [save(fig, os.path.join(out_dir, "fit.png"), result.warnings)]
+  if result.law == "chinchilla" and min(result.params["alpha"], result.params["beta"]) > 0:
     paths.append(_plot_frontier(result, os.path.join(out_dir, "frontier.png")))
+  if result.profile:
+    paths.append(plot_profile(result, os.path.join(out_dir, "profile.png")))
   return paths
 
 
+def _shade_beyond(ax: Axes, low: float, high: float, axis: str = "x") -> None:
+  """Greys the parts of ``ax`` outside [low, high] along ``axis`` (drawn after the data)."""
+  span = ax.axvspan if axis == "x" else ax.axhspan
+  lim = ax.get_xlim() if axis == "x" else ax.get_ylim()
+  if lim[0] < low:
+    span(lim[0], low, **_EXTRAPOLATED)
+  if lim[1] > high:
+    span(high, lim[1], **_EXTRAPOLATED)
+  (ax.set_xlim if axis == "x" else ax.set_ylim)(lim)
+
+
 def _plot_frontier(result: FitResult, path: str) -> str:
-  """Compute-optimal loss and N_opt(C) of a Chinchilla fit (C = 6ND) with the data."""
+  """Compute-optimal loss, N_opt(C) and D_opt(C) of a Chinchilla fit (C = 6ND) with the
+  data; grey where the budget, N or D lies outside the data (an extrapolation)."""
   cols, params = result.columns, result.params
   compute = 6 * cols["N"] * cols["D"]
-  budgets = np.geomspace(compute.min(), compute.max() * 100, 100)
-  n_opt = np.asarray([allocation_lib.chinchilla_allocation(params, c).n_opt for c in budgets])
-  fig = Figure(figsize=(11, 4.5))
-  ax_loss, ax_n = fig.subplots(1, 2)
+  requested = (result.allocation or {}).get("compute")
+  top = max(compute.max() * 100, 2 * requested if requested else 0)
+  budgets = np.geomspace(compute.min() / 10, top, 120)
+  allocs = [allocation_lib.chinchilla_allocation(params, c) for c in budgets]
+  n_opt, d_opt = (np.asarray([getattr(a, k) for a in allocs]) for k in ("n_opt", "d_opt"))
+  fig = Figure(figsize=(15, 4.5))
+  ax_loss, ax_n, ax_d = fig.subplots(1, 3)
   ax_loss.scatter(compute, cols["loss"], s=10, c=np.log10(cols["N"]))
-  ax_loss.plot(budgets, allocation_lib.chinchilla_loss(params, n_opt, budgets / (6 * n_opt)),
+  ax_loss.plot(budgets, allocation_lib.chinchilla_loss(params, n_opt, d_opt),
                "k-", label="compute-optimal loss")
-  ax_loss.set(xscale="log", yscale="log", xlabel="C (FLOPs)", ylabel="loss",
-              title="loss frontier")
-  ax_loss.legend()
-  ax_n.scatter(compute, cols["N"], s=10, c=cols["loss"])
-  ax_n.plot(budgets, n_opt, "k-", label="N_opt(C)")
-  ax_n.set(xscale="log", yscale="log", xlabel="C (FLOPs)", ylabel="N", title="compute-optimal N")
-  ax_n.legend()
-  return save(fig, path)
+  ax_loss.set(yscale="log", ylabel="loss", title="loss frontier")
+  for ax, key, curve, name in ((ax_n, "N", n_opt, "N_opt(C)"), (ax_d, "D", d_opt, "D_opt(C)")):
+    ax.scatter(compute, cols[key], s=10, c=cols["loss"])
+    ax.plot(budgets, curve, "k-", label=name)
+    ax.set(yscale="log", ylabel=key, title=f"compute-optimal {key}")
+    _shade_beyond(ax, cols[key].min(), cols[key].max(), axis="y")
+  for ax in (ax_loss, ax_n, ax_d):
+    ax.set(xscale="log", xlabel="C = 6ND (FLOPs)")
+    if requested:
+      ax.axvline(requested, color="tab:red", lw=0.8, ls="--", label=f"C = {requested:.3g}")
+    _shade_beyond(ax, compute.min(), compute.max())
+    ax.legend(fontsize=8, title="grey: beyond the data", title_fontsize=7)
+  return save(fig, path, result.warnings)
+
+
+def plot_profile(result: FitResult, path: str) -> str:
+  """The objective over (alpha, beta) with E, A, B solved at each point: contours with the
+  optimum and the bootstrap cloud, and E along the valley against alpha."""
+  prof = result.profile
+  alpha, beta = np.asarray(prof["alpha"]), np.asarray(prof["beta"])
+  objective = np.asarray(prof["objective"], np.float64)
+  excess = np.log10(np.maximum(objective / np.nanmin(objective) - 1, 1e-6))
+  fig = Figure(figsize=(11, 4.5))
+  ax_map, ax_e = fig.subplots(1, 2)
+  filled = ax_map.contourf(alpha, beta, excess.T, levels=20, cmap="viridis_r")
+  fig.colorbar(filled, ax=ax_map, label="log10(objective / minimum - 1)")
+  samples = result.bootstrap_samples
+  if samples:
+    ax_map.scatter(samples["alpha"], samples["beta"], s=5, c="w", edgecolors="k",
+                   linewidths=0.3, label="bootstrap fits")
+    ax_e.scatter(samples["alpha"], samples["E"], s=5, c="0.5", label="bootstrap fits")
+  ax_map.plot(result.params["alpha"], result.params["beta"], "r*", ms=12, label="fit")
+  ax_map.set(xlim=(alpha[0], alpha[-1]), ylim=(beta[0], beta[-1]), xlabel="alpha",
+             ylabel="beta", title="objective profile (E, A, B solved at each point)")
+  ax_map.legend(fontsize=8)
+  valley = prof["valley"]
+  ax_e.plot(valley["alpha"], valley["E"], "k-", label="E along the valley (best beta)")
+  ax_e.plot(result.params["alpha"], result.params["E"], "r*", ms=12, label="fit")
+  ax_e.set(xlim=(alpha[0], alpha[-1]), xlabel="alpha", ylabel="E", title="alpha / E trade-off")
+  ax_e.legend(fontsize=8)
+  return save(fig, path, result.warnings)
+
+
+def plot_annealing(result: FitResult, path: str) -> str:
+  """An annealing-law fit: each curve's evaluations against the law, and log residuals."""
+  cols = result.columns
+  predicted = annealing.predicted_at_points(result)
+  names = result.diagnostics["curves"]
+  fig = Figure(figsize=(11, 4.5))
+  ax_fit, ax_res = fig.subplots(1, 2)
+  for i, name in enumerate(names):
+    rows = np.flatnonzero(cols["curve"] == i)
+    rows = rows[np.argsort(cols["step"][rows])]
+    colour = f"C{i % 10}"
+    ax_fit.plot(cols["step"][rows], cols["loss"][rows], "o", ms=3, color=colour, label=name)
+    ax_fit.plot(cols["step"][rows], predicted[rows], "-", lw=1, color=colour)
+    ax_res.plot(cols["step"][rows], np.log(cols["loss"][rows] / predicted[rows]), "o-", ms=3,
+                lw=0.8, color=colour)
+  p = result.params
+  ax_fit.set(xlabel="step", ylabel="loss",
+             title=f"L = {p['L0']:.3f} + {p['A']:.3f} S1^-{p['alpha']:.3f} - {p['C']:.3f} S2")
+  ax_fit.legend(fontsize=8, title="points: data, lines: law")
+  ax_res.axhline(0.0, color="k", lw=0.8)
+  ax_res.set(xlabel="step", ylabel="log L - log L_hat", title="residuals")
+  return save(fig, path, result.warnings)
 
 
 def draw_isoflop_profiles(ax: Axes, compute: np.ndarray, size: np.ndarray, loss: np.ndarray,

@@ -60,6 +60,8 @@ class Law:
     shifts: centring rules (see ``Shift``).
     exponents: names of the parameters reported as exponents (summary order).
     centred_grid: the grid is in centred coordinates (see ``start_points``).
+    irreducible: the reported parameter that is the law's irreducible loss (E), if any:
+      ``diagnostics`` warns when the data cannot tell it from 0.
   """
   name: str
   covariates: tuple[str, ...]
@@ -72,6 +74,7 @@ class Law:
   shifts: tuple[Shift, ...] = ()
   exponents: tuple[str, ...] = ()
   centred_grid: bool = False
+  irreducible: str | None = None
 
   @property
   def n_params(self) -> int:
@@ -85,8 +88,7 @@ class Law:
     """Starts in the law's coordinates for this data; None means the natural grid as stated."""
     if not self.centred_grid:
       return None
-    means = {c: float(np.mean(log_x[c])) for c in self.covariates}
-    return self.shift(self.start_grid(), means, +1.0)
+    return self.shift(self.start_grid(), covariate_means(log_x, self.covariates), +1.0)
 
   def natural(self, theta) -> dict[str, float]:
     """Fitted vector -> named parameters in natural units."""
@@ -100,6 +102,17 @@ class Law:
       scale = 1.0 if rule.exponent is None else out[..., rule.exponent]
       out[..., rule.param] += sign * rule.factor * scale * log_means[rule.covariate]
     return out
+
+
+def covariate_means(log_x: Mapping[str, np.ndarray], covariates) -> dict[str, float]:
+  """The centring offsets: the mean of each covariate's finite logs (a covariate that
+  may be 0, the annealing law's S2, has log -inf there, which centring leaves as is)."""
+  means = {}
+  for c in covariates:
+    values = np.asarray(log_x[c], np.float64)
+    finite = values[np.isfinite(values)]
+    means[c] = float(np.mean(finite)) if finite.size else 0.0
+  return means
 
 
 _REGISTRY: dict[str, Law] = {}
@@ -169,6 +182,7 @@ register(Law(
     log_predict=laws.covariates(laws.chinchilla, "N", "D"),
     shifts=(Shift(0, "N", exponent=3), Shift(1, "D", exponent=4)),
     exponents=("alpha", "beta"),
+    irreducible="E",
 ))
 
 for _var in ("N", "D", "C"):
@@ -196,6 +210,7 @@ for _var in ("N", "D", "C"):
       log_predict=laws.covariates(laws.power_law_irreducible, _var),
       shifts=(Shift(1, _var),),
       exponents=(f"alpha_{_var}",),
+      irreducible="E",
   ))
 
 register(Law(
@@ -226,6 +241,7 @@ register(Law(
     shifts=(Shift(0, "N", exponent=3), Shift(2, "N", exponent=3),
             Shift(0, "S", exponent=1, factor=-1.0), Shift(4, "D", exponent=5)),
     exponents=("b", "d", "f"),
+    irreducible="g",
     centred_grid=True,
 ))
 
@@ -241,6 +257,7 @@ register(Law(
     shifts=(Shift(0, "N", exponent=3), Shift(2, "N", exponent=3),
             Shift(0, "S", exponent=1, factor=-1.0)),
     exponents=("b", "d"),
+    irreducible="g",
     centred_grid=True,
 ))
 
@@ -258,6 +275,7 @@ register(Law(
     shifts=(Shift(0, "N", exponent=3), Shift(1, "D", exponent=4), Shift(5, "N", exponent=7),
             Shift(5, "D", exponent=6, factor=-1.0), Shift(8, "P")),
     exponents=("alpha", "beta", "gamma_D", "gamma_N", "gamma_post"),
+    irreducible="E",
     centred_grid=True,
 ))
 
@@ -275,4 +293,21 @@ register(Law(
             Shift(3, "D", exponent=5), Shift(3, "T", exponent=1)),
     exponents=("c0", "alpha", "beta"),
     centred_grid=True,
+))
+
+# Fitted per model size to whole evaluation curves (``annealing.fit_annealing`` computes
+# S1, S2 from each curve's learning rates); C >= 0 is a decrease of the loss by annealing.
+register(Law(
+    name="annealing",
+    covariates=("S1", "S2"),
+    param_names=("log_L0", "log_A", "alpha", "log_C"),
+    log_space=(True, True, False, True),
+    natural_names=("L0", "A", "alpha", "C"),
+    grid=((-1., -0.5, 0., 0.5, 1., 1.5), (-3., -1.5, 0., 1.), (0.2, 0.5, 1.), (-6., -4., -2., 0.)),
+    bounds=(_COEF_BOUNDS, _COEF_BOUNDS, (0.0, 10.0), _COEF_BOUNDS),
+    log_predict=laws.covariates(laws.annealing, "S1", "S2"),
+    shifts=(Shift(1, "S1", exponent=2), Shift(3, "S2", factor=-1.0)),
+    exponents=("alpha",),
+    centred_grid=True,
+    irreducible="L0",
 ))

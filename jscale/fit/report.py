@@ -15,8 +15,11 @@ class FitResult:
 
   ``sections`` are further top-level fit.json keys: ``effective_params`` from the
   fit itself, and whatever a caller analysing its own tables adds (it also
-  describes them, see ``summary``). ``columns`` (the fitted data) and ``theta``
-  travel with the result for plotting and prediction and are not part of fit.json.
+  describes them, see ``summary``). ``warnings`` are ``diagnostics`` findings, each
+  {"code", "message", and the numbers behind it}; ``profile`` the objective over the
+  exponents (``profile.Profile.to_json``). ``columns`` (the fitted data), ``theta`` and
+  ``bootstrap_samples`` (natural parameters per resample) travel with the result for
+  plotting and prediction and are not part of fit.json.
   """
   law: str
   params: dict[str, Any]
@@ -31,20 +34,27 @@ class FitResult:
   extrapolation: dict[str, Any] | None = None
   notes: tuple[str, ...] = ()
   sections: dict[str, Any] = dataclasses.field(default_factory=dict)
+  warnings: tuple[dict[str, Any], ...] = ()
+  profile: dict[str, Any] | None = None
   columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
   theta: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  bootstrap_samples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict,
+                                                               repr=False)
 
   def to_json(self) -> dict[str, Any]:
     out = {"law": self.law, "params": self.params, "log_params": self.log_params,
            "objective": self.objective, "n_points": self.n_points, "converged": self.converged,
            "starts_at_best": self.starts_at_best, "diagnostics": self.diagnostics,
-           "bootstrap": self.bootstrap, "notes": list(self.notes)}
+           "bootstrap": self.bootstrap, "notes": list(self.notes),
+           "warnings": list(self.warnings)}
     if self.law == "isoflop":
       out.update(n_opt=self.params["n_opt"], d_opt=self.params["d_opt"])
     if self.allocation is not None:
       out["allocation"] = self.allocation
     if self.extrapolation is not None:
       out["extrapolation"] = self.extrapolation
+    if self.profile is not None:
+      out["profile"] = self.profile
     out.update(self.sections)
     return _plain(out)
 
@@ -87,6 +97,14 @@ def _with_interval(name: str, value: float, stats: dict | None) -> str:
           f"sd {stats['sd']:.3g})")
 
 
+def profile_line(profile: dict[str, Any]) -> str:
+  """One line on the (alpha, beta) profile: its grid and how E moves along its valley."""
+  along = profile["valley"]
+  return (f"profile: {len(profile['alpha'])} x {len(profile['beta'])} (alpha, beta) grid; "
+          f"along the valley E goes {along['E'][0]:.4g} .. {along['E'][-1]:.4g} as alpha goes "
+          f"{along['alpha'][0]:.3g} .. {along['alpha'][-1]:.3g}")
+
+
 def summary(result: FitResult, section_lines: Sequence[str] = ()) -> str:
   """Readable report: exponents and allocation with bootstrap intervals.
 
@@ -123,6 +141,11 @@ def summary(result: FitResult, section_lines: Sequence[str] = ()) -> str:
   for key, label in (("by_sparsity", "sparsity"), ("by_precision", "precision")):
     for level, ratio in effective.get(key, {}).items():
       lines.append(f"  N_eff/N at {label} {level}: {ratio:.4g}")
+  if "r_squared" in result.diagnostics:
+    lines.append(f"R^2 = {result.diagnostics['r_squared']:.5f}")
+  if result.profile:
+    lines.append(profile_line(result.profile))
   lines.extend(section_lines)
   lines.extend(f"note: {note}" for note in result.notes)
+  lines.extend(f"warning [{w['code']}]: {w['message']}" for w in result.warnings)
   return "\n".join(lines)
