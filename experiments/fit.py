@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from experiments import cli
 from jscale import fit as fit_lib
@@ -145,13 +146,14 @@ def _check_identifiable(law: str, cols: dict[str, np.ndarray]) -> None:
 def _check_sweep_workdir(workdir: str) -> str:
   """The workdir's results.csv, after checking the folder is a readable sweep whose fit
   can be written."""
-  if not os.path.isdir(workdir):
+  folder = epath.Path(workdir)
+  if not folder.is_dir():
     raise BadInput(f"--workdir {workdir} " + ("is a file, not a sweep folder"
-                                                 if os.path.exists(workdir) else "does not exist"))
+                                              if folder.exists() else "does not exist"))
   read_comparable(workdir)
-  cli.check_writable_file("--workdir", os.path.join(workdir, "fit.json"))
-  cli.check_writable_folder("--workdir", os.path.join(workdir, "plots"))
-  return os.path.join(workdir, "results.csv")
+  cli.check_writable_file("--workdir", str(folder / "fit.json"))
+  cli.check_writable_folder("--workdir", str(folder / "plots"))
+  return str(folder / "results.csv")
 
 
 def main(argv):

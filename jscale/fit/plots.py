@@ -8,10 +8,11 @@ nothing here selects a backend or touches global state, so importing this module
 never changes how a notebook or another library draws.
 """
 
-import os
+import io
 
 import matplotlib
 import numpy as np
+from etils import epath
 from matplotlib import cm, colors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -19,15 +20,16 @@ from matplotlib.figure import Figure
 from jscale.fit import allocation as allocation_lib
 from jscale.fit import annealing, approaches, registry
 from jscale.fit.api import ISOFLOP, predict
-from jscale.fit.report import FitResult
+from jscale.fit.report import FitResult, write_bytes_atomic
 
 _WARNING_LINE = 0.028  # figure height fraction per warning line under the axes
 _EXTRAPOLATED = {"color": "0.85", "zorder": 0}  # shading beyond the data
 
 
-def save(fig: Figure, path: str, warnings: tuple[dict, ...] = ()) -> str:
-  """Writes ``fig`` as a PNG at ``path`` with ``warnings`` (codes and messages) written
-  under the axes, the figure made taller for them; returns the path."""
+def save(fig: Figure, path: epath.PathLike, warnings: tuple[dict, ...] = ()) -> str:
+  """Writes ``fig`` as a PNG at ``path`` (local or ``gs://``, atomically) with
+  ``warnings`` (codes and messages) written under the axes, the figure made taller for
+  them; returns the path."""
   bottom = _WARNING_LINE * len(warnings)
   width, height = fig.get_size_inches()
   fig.set_size_inches(width, height / max(1 - bottom, 0.3))
@@ -35,17 +37,19 @@ def save(fig: Figure, path: str, warnings: tuple[dict, ...] = ()) -> str:
     fig.text(0.01, bottom - _WARNING_LINE * (i + 0.8), f"warning [{w['code']}]: {w['message']}",
              fontsize=7, color="darkred", wrap=True)
   fig.tight_layout(rect=(0, bottom, 1, 1))
-  fig.savefig(path, dpi=110)
-  return path
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
+  write_bytes_atomic(path, png.getvalue())
+  return str(path)
 
 
-def plot_fit(result: FitResult, out_dir: str) -> list[str]:
+def plot_fit(result: FitResult, out_dir: epath.PathLike) -> list[str]:
   """Writes fit.png (and frontier.png for Chinchilla); returns the paths written."""
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(out_dir)
   if result.law == ISOFLOP:
-    return [plot_isoflop(result, os.path.join(out_dir, "fit.png"))]
+    return [plot_isoflop(result, out_dir / "fit.png")]
   if result.law == annealing.LAW:
-    return [plot_annealing(result, os.path.join(out_dir, "fit.png"))]
+    return [plot_annealing(result, out_dir / "fit.png")]
   law = registry.get(result.law)
   cols = result.columns
   predicted = predict(result, cols)
@@ -67,11 +71,11 @@ def plot_fit(result: FitResult, out_dir: str) -> list[str]:
   ax_res.scatter(cols[x_name], np.log(cols["loss"]) - np.log(predicted), s=10)
   ax_res.axhline(0.0, color="k", lw=0.8)
   ax_res.set(xscale="log", xlabel=x_name, ylabel="log L - log L_hat", title="residuals")
-  paths = [save(fig, os.path.join(out_dir, "fit.png"), result.warnings)]
+  paths = [save(fig, out_dir / "fit.png", result.warnings)]
   if result.law == "chinchilla" and min(result.params["alpha"], result.params["beta"]) > 0:
-    paths.append(_plot_frontier(result, os.path.join(out_dir, "frontier.png")))
+    paths.append(_plot_frontier(result, out_dir / "frontier.png"))
   if result.profile:
-    paths.append(plot_profile(result, os.path.join(out_dir, "profile.png")))
+    paths.append(plot_profile(result, out_dir / "profile.png"))
   return paths
 
 

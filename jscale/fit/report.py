@@ -7,6 +7,7 @@ import tempfile
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,20 +75,28 @@ def _plain(value):
   return value
 
 
-def write_json(result: FitResult, path: str) -> None:
-  """Writes fit.json atomically (temp file in the same directory, then rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fit-", suffix=".json")
+def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
+  """Writes a file so readers see the old one or the new one, never half of one: a temp
+  file renamed into place locally, one whole object on a bucket (``gs://...``)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if "://" in os.fspath(path):
+    path.write_bytes(data)
+    return
+  fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f".{path.name}.")
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(result.to_json(), f, indent=2, sort_keys=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, os.fspath(path))
+  finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
+
+
+def write_json(result: FitResult, path: epath.PathLike) -> None:
+  """Writes fit.json atomically (see ``write_bytes_atomic``)."""
+  text = json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n"
+  write_bytes_atomic(path, text.encode())
 
 
 def _with_interval(name: str, value: float, stats: dict | None) -> str:

@@ -1,25 +1,26 @@
 """Reading and validating the tables the fitter consumes (CSV with a header)."""
 
 import csv
-import os
+import io
 
 import numpy as np
+from etils import epath
 
 from jscale.errors import BadInput, FitError
 
 
 def read_csv(path: str) -> dict[str, list[str]]:
-  """Column name -> list of raw cell strings; a missing, unreadable, malformed or
-  empty file is a one-line ValueError naming it."""
-  if os.path.isdir(path):
+  """Column name -> list of raw cell strings of a local or ``gs://`` CSV file; a
+  missing, unreadable, malformed or empty file is a one-line BadInput naming it."""
+  file = epath.Path(path)
+  if file.is_dir():
     raise BadInput(f"csv file {path!r} is a folder; give the CSV file itself")
-  if not os.path.isfile(path):
+  if not file.exists():
     raise BadInput(f"csv file {path!r} does not exist")
   try:
-    with open(path, newline="", encoding="utf-8") as f:
-      reader = csv.DictReader(f)
-      fieldnames = reader.fieldnames
-      rows = list(reader)
+    reader = csv.DictReader(io.StringIO(file.read_bytes().decode("utf-8"), newline=""))
+    fieldnames = reader.fieldnames
+    rows = list(reader)
   except OSError as e:
     raise BadInput(f"csv file {path!r} cannot be read: {e.strerror or e}") from None
   except UnicodeDecodeError:

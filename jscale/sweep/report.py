@@ -15,7 +15,6 @@ plots, using ``jscale.fit.plots`` for the generic ones:
 
 import collections
 import logging
-import os
 
 import matplotlib.cm
 import matplotlib.colors
@@ -34,7 +33,7 @@ from jscale.train.metrics import read_records
 _log = logging.getLogger(__name__)
 
 
-def plot_sparsity(result: fit_lib.FitResult, path: str) -> str:
+def plot_sparsity(result: fit_lib.FitResult, path: epath.PathLike) -> str:
   """Loss vs non-zero parameters, one colour per sparsity, with the fitted sparsity law
   (at the median D)."""
   cols = result.columns
@@ -54,7 +53,7 @@ def plot_sparsity(result: fit_lib.FitResult, path: str) -> str:
   return plots.save(fig, path)
 
 
-def plot_quantization(result: fit_lib.FitResult, path: str) -> str:
+def plot_quantization(result: fit_lib.FitResult, path: epath.PathLike) -> str:
   """Per-size mean loss in float and after int8 / int4 post-training quantization (the
   ``ptq`` section), with the dense law."""
   cols = result.columns
@@ -76,18 +75,18 @@ def plot_quantization(result: fit_lib.FitResult, path: str) -> str:
   return plots.save(fig, path)
 
 
-def write_fit(fitted: analysis.SweepFit, out_dir: str) -> fit_lib.FitResult:
+def write_fit(fitted: analysis.SweepFit, out_dir: epath.PathLike) -> fit_lib.FitResult:
   """Writes out_dir/fit.json and the plots of the fits; returns the main fit."""
   result = fitted.result
-  fit_lib.write_json(result, os.path.join(out_dir, "fit.json"))
-  plot_dir = os.path.join(out_dir, "plots")
+  fit_lib.write_json(result, epath.Path(out_dir) / "fit.json")
+  plot_dir = epath.Path(out_dir) / "plots"
   fit_lib.plot_fit(result, plot_dir)
   if fitted.sparsity is not None:
-    plot_sparsity(fitted.sparsity, os.path.join(plot_dir, "sparsity.png"))
+    plot_sparsity(fitted.sparsity, plot_dir / "sparsity.png")
   if result.sections.get("ptq"):
-    plot_quantization(result, os.path.join(plot_dir, "quantization.png"))
+    plot_quantization(result, plot_dir / "quantization.png")
   if fitted.isoflop is not None:
-    plots.plot_isoflop(fitted.isoflop, os.path.join(plot_dir, "isoflop_fit.png"))
+    plots.plot_isoflop(fitted.isoflop, plot_dir / "isoflop_fit.png")
   return result
 
 
@@ -165,8 +164,7 @@ def plot_loss_vs_compute(workdir: epath.Path, rows: list[dict], path: epath.Path
   ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="validation loss (nats)",
          title="Validation loss vs compute")
   ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plots.save(fig, path)
   return frontier_fit
 
 
@@ -186,8 +184,7 @@ def plot_loss_vs_params(rows: list[dict], path: epath.Path) -> None:
   ax.set(xscale="log", yscale="log", xlabel="non-zero non-embedding parameters N",
          ylabel="validation loss (nats)", title="Validation loss vs model size")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plots.save(fig, path)
 
 
 def plot_isoflop_profiles(rows: list[dict], path: epath.Path) -> None:
@@ -199,8 +196,7 @@ def plot_isoflop_profiles(rows: list[dict], path: epath.Path) -> None:
                               [float(r["params_non_embedding"]) for r in rows],
                               [float(r["val_loss"]) for r in rows])
   ax.set(xlabel="non-embedding parameters N", ylabel="validation loss (nats)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plots.save(fig, path)
 
 
 def draw_sweep_plots(workdir: epath.PathLike) -> None:
