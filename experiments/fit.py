@@ -26,7 +26,7 @@ from jscale import fit as fit_lib
 from jscale.errors import BadInput
 from jscale.fit import annealing, table
 from jscale.sweep import analysis, report
-from jscale.sweep.results import read_comparable
+from jscale.sweep.results import read_comparable, read_sweep_spec
 from jscale.train.config import absolute_path
 
 _CSV = flags.DEFINE_string("csv", None, "Results table (CSV with a header row).")
@@ -171,12 +171,13 @@ def main(argv):
     workdir = absolute_path(_WORKDIR.value)
     results_csv = _check_sweep_workdir(workdir)
     law = _law_name() if _LAW.value else None
-    sweep = analysis.read_results(results_csv)  # a damaged table fails here, naming the file
+    settings = read_sweep_spec(workdir)
+    sweep = analysis.read_results(results_csv, settings.law_params)  # a damaged table fails
     if law == fit_lib.ISOFLOP and not sweep.has_budgets():
       raise BadInput(f"--law=isoflop needs IsoFLOP budgets but {results_csv} has no budget "
                        "values; plan the sweep with sweep.budgets")
-    fitted = analysis.fit_results(sweep, bootstrap=_BOOTSTRAP.value, seed=_SEED.value, law=law)
-    print(analysis.summary(report.write_fit(fitted, workdir)))
+    print(analysis.summary(report.fit_workdir(workdir, settings, seed=_SEED.value, law=law,
+                                              bootstrap=_BOOTSTRAP.value)))
     report.draw_sweep_plots(workdir)
     return
   law = _law_name()

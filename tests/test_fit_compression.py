@@ -185,7 +185,8 @@ def test_compression_sweep_separates_dense_sparse_quantized_and_distilled(tmp_pa
   rows.append(dict(_row("broken", 1e6, 9.9), status="diverged"))
   _write_results(tmp_path / "results.csv", rows)
 
-  result = report.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0)
+  result = report.fit_sweep_results(str(tmp_path / "results.csv"), str(tmp_path), bootstrap=0,
+                                    law_params="non_embedding")  # _TRUTH's N
   written = json.loads((tmp_path / "fit.json").read_text())
 
   assert result.n_points == 5 and written["law"] == "kaplan_n_irreducible"

@@ -1,13 +1,15 @@
 """A sweep's results.csv as covariates for ``jscale.fit``, and the post-sweep fit.
 
 Here the sweep's vocabulary meets the generic fitter, which knows only named
-covariates. Columns become covariates: N = ``params_non_embedding`` (for pruned runs
-``params_nonzero_non_embedding``), D = ``tokens``, C = ``budget`` (the planned IsoFLOP
-budget), S = ``sparsity`` (realised), loss = ``val_loss``. The ``compress`` column
-selects rows: dense ("none", or no column), pruned ("prune") and distilled
-("distill") runs; dense rows also carry their post-training quantized losses
-(``val_loss_int8``, ``val_loss_int4``). jscale counts FLOPs by ``jscale.models.flops``,
-not 6ND, so every parametric law is fitted on N and D, never through C.
+covariates. Columns become covariates: N = ``params_total`` or ``params_non_embedding``
+(``sweep.law_params``; for pruned runs the non-zero count: non-embedding zeros come off
+either), D = ``tokens``, C = ``budget`` (the planned IsoFLOP budget), S = ``sparsity``
+(realised), loss = ``val_loss``; ``depth`` and ``learning_rate``, which the law does not
+contain, are tested against its residuals. The ``compress`` column selects rows: dense
+("none", or no column), pruned ("prune") and distilled ("distill") runs; dense rows
+also carry their post-training quantized losses (``val_loss_int8``, ``val_loss_int4``).
+jscale counts FLOPs by ``jscale.models.flops``, not 6ND, so every parametric law is
+fitted on N and D, never through C.
 
 ``fit_results`` fits the dense law and adds fit.json's sweep sections (README.md,
 "Fitting a compression sweep"): ``compression``, ``sparsity``, ``ptq``,
@@ -20,14 +22,20 @@ import dataclasses
 import numpy as np
 
 from jscale import fit as fit_lib
-from jscale.errors import FitError
+from jscale.errors import BadInput, FitError
 from jscale.fit import compression, registry, table
+from jscale.sweep.spec import LAW_PARAMS, SweepSpec
 
 DENSE, PRUNE, DISTILL = "none", "prune", "distill"
 PTQ_BITS = (8, 4)
 _REQUIRED = ("params_non_embedding", "tokens", "val_loss")
-_NUMERIC = ("params_non_embedding", "params_nonzero_non_embedding", "tokens", "val_loss",
-            "sparsity", "budget") + tuple(f"val_loss_int{bits}" for bits in PTQ_BITS)
+_NUMERIC = ("params_total", "params_non_embedding", "params_nonzero_non_embedding", "tokens",
+            "val_loss", "sparsity", "budget", "depth", "learning_rate") + tuple(
+                f"val_loss_int{bits}" for bits in PTQ_BITS)
+# Columns the law does not contain, tested against its residuals where the table has them.
+RESIDUAL_COVARIATES = ("depth", "learning_rate")
+# sweep.bootstrap_clusters -> the fit's column whose distinct values are the clusters.
+_CLUSTER_COLUMNS = {"": None, "size": "N"}
 # Columns that only a jscale results.csv has together (see ``is_results_table``).
 _SIGNATURE = frozenset({"run_id", "params_non_embedding", "tokens", "flops"})
 
@@ -48,6 +56,12 @@ class SweepTable:
   """
   rows: dict[str, np.ndarray]
   n_rows: int  # rows in the table, done or not
+  law_params: str = SweepSpec.law_params  # which N the law counts (sweep.law_params)
+
+  @property
+  def n_column(self) -> str:
+    """The results.csv column the law's N comes from."""
+    return f"params_{self.law_params}"
 
   @property
   def excluded(self) -> int:
@@ -57,15 +71,34 @@ class SweepTable:
     return "budget" in self.rows and bool(np.isfinite(self.rows["budget"]).any())
 
   def covariates(self, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """N, D and loss of the selected rows (N counting every non-embedding parameter)."""
+    """N (``n_column``), D and loss of the selected rows."""
     rows = self.rows
-    return {"N": rows["params_non_embedding"][mask], "D": rows["tokens"][mask],
+    return {"N": rows[self.n_column][mask], "D": rows["tokens"][mask],
             "loss": rows["val_loss"][mask]}
 
+  def nonzero_n(self, mask: np.ndarray) -> np.ndarray:
+    """N without the non-embedding weights pruning zeroed (the dense N where a row has no
+    count): the same parameters as ``covariates``' N, less the zeros."""
+    rows = self.rows
+    nonzero = rows.get("params_nonzero_non_embedding", np.full(mask.size, np.nan))
+    zeros = np.where(np.isfinite(nonzero), rows["params_non_embedding"] - nonzero, 0.0)
+    return (rows[self.n_column] - zeros)[mask]
 
-def read_results(path: str) -> SweepTable:
+  def residual_covariates(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """``RESIDUAL_COVARIATES`` of the selected rows, those the table holds for every one."""
+    out = {}
+    for name in RESIDUAL_COVARIATES:
+      values = self.rows.get(name)
+      if values is not None and np.all(np.isfinite(values[mask])):
+        out[name] = values[mask]
+    return out
+
+
+def read_results(path: str, law_params: str = SweepSpec.law_params) -> SweepTable:
   """Reads a results.csv; a damaged table, or one without the fitted columns, is a
-  one-line ValueError."""
+  one-line ValueError. ``law_params`` (sweep.law_params) names the N column."""
+  if law_params not in LAW_PARAMS:
+    raise BadInput(f"law_params must be one of {LAW_PARAMS}, got {law_params!r}")
   cells = table.read_csv(path)
   for name in _REQUIRED:
     table.require_column(cells, name)
@@ -79,14 +112,19 @@ def read_results(path: str) -> SweepTable:
     rows[name] = np.asarray(cells.get(name, [""] * len(done)), dtype=object)[done]
   kinds = np.asarray(cells.get("compress", [DENSE] * len(done)), dtype=object)[done]
   rows["compress"] = np.where(kinds == "", DENSE, kinds)
-  return SweepTable(rows=rows, n_rows=len(done))
+  return SweepTable(rows=rows, n_rows=len(done), law_params=law_params)
+
+
+# Chinchilla L(N, D) needs this many distinct token counts, spanning more than this ratio.
+CHINCHILLA_TOKEN_COUNTS, CHINCHILLA_TOKEN_RATIO = 3, 2.0
 
 
 def choose_law(tokens: np.ndarray) -> str:
-  """Chinchilla L(N, D) when token counts vary (> 2 distinct values spanning > 2x),
-  else L(N) with E."""
+  """Chinchilla L(N, D) when token counts vary (``CHINCHILLA_TOKEN_COUNTS`` distinct
+  values spanning more than ``CHINCHILLA_TOKEN_RATIO``), else L(N) with E."""
   distinct = np.unique(tokens)
-  if distinct.size > 2 and distinct.max() > 2 * distinct.min():
+  if (distinct.size >= CHINCHILLA_TOKEN_COUNTS
+      and distinct.max() > CHINCHILLA_TOKEN_RATIO * distinct.min()):
     return "chinchilla"
   return "kaplan_n_irreducible"
 
@@ -102,31 +140,43 @@ class SweepFit:
 
 
 def fit_results(sweep: SweepTable, *, bootstrap: int = 100, seed: int = 0,
-                law: str | None = None) -> SweepFit:
+                law: str | None = None,
+                bootstrap_clusters: str = SweepSpec.bootstrap_clusters) -> SweepFit:
   """Fits a sweep's results.
 
   The main law (``law``, or ``choose_law`` of the token counts) is fitted to the dense,
-  uncompressed ``done`` rows. Pruned runs get the sparsity law, post-training quantized
-  losses and distilled students are reported against the dense law, and IsoFLOP
-  budgets get Approach 2.
+  uncompressed ``done`` rows, its residuals tested against depth and learning rate, its
+  bootstrap resampling points or whole model sizes (``bootstrap_clusters``,
+  sweep.bootstrap_clusters). Pruned runs get the sparsity law, post-training quantized
+  losses and distilled students are reported against the dense law, and IsoFLOP budgets
+  get Approach 2.
   """
+  if bootstrap_clusters not in _CLUSTER_COLUMNS:
+    raise BadInput(f"bootstrap_clusters must be one of {tuple(_CLUSTER_COLUMNS)}, got "
+                   f"{bootstrap_clusters!r}")
   rows = sweep.rows
+  if sweep.n_column not in rows:
+    raise BadInput(f"the results table has no {sweep.n_column} column, which "
+                   f"sweep.law_params={sweep.law_params!r} fits; choose one of {LAW_PARAMS}")
   dense = rows["compress"] == DENSE
   kinds, counts = np.unique(rows["compress"][~dense], return_counts=True)
   other = {str(k): int(c) for k, c in zip(kinds, counts)}
   cols = sweep.covariates(dense)
-  cols = {"N": table.check_positive("params_non_embedding", cols["N"]),
+  cols = {"N": table.check_positive(sweep.n_column, cols["N"]),
           "D": table.check_positive("tokens", cols["D"]),
           "loss": table.check_positive("val_loss", cols["loss"])}
   chosen = law or choose_law(cols["D"])
   notes = [f"fitted {int(dense.sum())} dense uncompressed rows with status done; excluded "
            f"{sweep.excluded} (diverged, failed, trunks, or not the selected learning rate)",
-           f"law {chosen} " + ("given" if law else "chosen from the token counts")]
+           f"law {chosen} " + ("given" if law else "chosen from the token counts"),
+           f"N = {sweep.n_column} (sweep.law_params={sweep.law_params})"]
   if other:
     notes.append(f"{sum(other.values())} compressed rows analysed separately: "
                  + ", ".join(f"{k} {v}" for k, v in other.items()))
   result = fit_lib.fit(chosen, cols, bootstrap=bootstrap, seed=seed, notes=tuple(notes),
-                       holdout=_largest_size_held_out(chosen, cols))
+                       holdout=_largest_size_held_out(chosen, cols),
+                       residual_covariates=sweep.residual_covariates(dense),
+                       bootstrap_clusters=_CLUSTER_COLUMNS[bootstrap_clusters])
   sections = {"compression": {"dense_rows": int(dense.sum()), "other_rows": other},
               "rows_used": [str(r) for r in rows["run_id"][dense]]}
   section_notes = []
@@ -167,8 +217,7 @@ def _sparsity_fit(sweep: SweepTable, bootstrap, seed, notes) -> fit_lib.FitResul
   s = np.where(np.isfinite(rows["sparsity"]), rows["sparsity"], 0.0)[pruned]
   if np.unique(s).size < 2:
     return None
-  nonzero = rows.get("params_nonzero_non_embedding", np.full(pruned.size, np.nan))
-  n = np.where(np.isfinite(nonzero), nonzero, rows["params_non_embedding"])[pruned]
+  n = sweep.nonzero_n(pruned)
   tokens = rows["tokens"][pruned]
   name = "sparsity" if np.unique(tokens).size >= 3 else "sparsity_n"
   if name == "sparsity_n":
@@ -181,8 +230,9 @@ def _sparsity_fit(sweep: SweepTable, bootstrap, seed, notes) -> fit_lib.FitResul
     return None
   cols = {"S": s, "N": n, "D": tokens, "loss": rows["val_loss"][pruned]}
   return fit_lib.fit(name, {k: v for k, v in cols.items() if k in spec.covariates or k == "loss"},
-                     bootstrap=bootstrap, seed=seed,
-                     notes=(f"N = params_nonzero_non_embedding of {s.size} dense and pruned runs",))
+                     bootstrap=bootstrap, seed=seed, profile=False,
+                     notes=(f"N = {sweep.n_column} less pruned zeros, of {s.size} dense and "
+                            "pruned runs",))
 
 
 def _dense_n_eff(result: fit_lib.FitResult, loss: np.ndarray, n: np.ndarray,
@@ -206,25 +256,27 @@ def _ptq_section(sweep: SweepTable, dense: np.ndarray, result: fit_lib.FitResult
     quantized = rows[column][have]
     dense_cols = sweep.covariates(have)
     n_eff = _dense_n_eff(result, quantized, dense_cols["N"], dense_cols["D"])
-    out[f"int{bits}"] = _ptq_report(dense_cols["N"], dense_cols["loss"], quantized, n_eff)
+    out[f"int{bits}"] = _ptq_report(dense_cols["N"], dense_cols["loss"], quantized, n_eff,
+                                    sweep.n_column)
   return out
 
 
 def _ptq_report(n: np.ndarray, loss_float: np.ndarray, loss_int: np.ndarray,
-                n_eff: np.ndarray) -> dict:
+                n_eff: np.ndarray, n_column: str) -> dict:
   """Loss change of post-training quantization vs float, per size and pooled.
 
   Args:
-    n: non-embedding parameters per run.
+    n: the law's N per run (the ``n_column`` of results.csv, the key of each size).
     loss_float: the run's float validation loss.
     loss_int: the same run's loss after quantization.
     n_eff: dense-law effective parameters at ``loss_int``.
+    n_column: ``SweepTable.n_column``.
   """
   delta, ratio = loss_int - loss_float, n_eff / n
   per_size = []
   for size in np.unique(n):
     rows = n == size
-    per_size.append({"params_non_embedding": float(size), "runs": int(rows.sum()),
+    per_size.append({n_column: float(size), "runs": int(rows.sum()),
                      "loss_float": float(np.mean(loss_float[rows])),
                      "loss_quantized": float(np.mean(loss_int[rows])),
                      "loss_change": float(np.mean(delta[rows])),
@@ -245,19 +297,21 @@ def _distillation_section(sweep: SweepTable, dense: np.ndarray,
   students = sweep.covariates(is_student)
   out = _distillation_report(rows["run_id"][is_student], rows["teacher"][is_student], students,
                              sweep.covariates(dense),
-                             _dense_n_eff(result, students["loss"], students["N"], students["D"]))
+                             _dense_n_eff(result, students["loss"], students["N"], students["D"]),
+                             sweep.n_column)
   if np.unique(students["N"]).size >= registry.get(result.law).n_params:
-    out["students_fit"] = fit_lib.fit(result.law, students, bootstrap=0).to_json()
+    out["students_fit"] = fit_lib.fit(result.law, students, bootstrap=0,
+                                      profile=False).to_json()
   return out
 
 
 def _distillation_report(run_ids: np.ndarray, teachers: np.ndarray,
                          students: dict[str, np.ndarray], dense: dict[str, np.ndarray],
-                         n_eff: np.ndarray) -> dict:
+                         n_eff: np.ndarray, n_column: str) -> dict:
   """Each student against the dense run(s) of its size (same tokens where there are any).
 
   ``students`` and ``dense`` hold "N", "D", "loss" arrays; ``run_ids`` and ``teachers``
-  name the students.
+  name the students; each student's N is reported under ``n_column``.
   """
   rows = []
   for i, run_id in enumerate(run_ids):
@@ -266,7 +320,7 @@ def _distillation_report(run_ids: np.ndarray, teachers: np.ndarray,
     match = same_tokens if same_tokens.any() else same_size
     dense_loss = float(np.mean(dense["loss"][match])) if match.any() else float("nan")
     rows.append({"run_id": str(run_id), "teacher": str(teachers[i]),
-                 "params_non_embedding": float(students["N"][i]),
+                 n_column: float(students["N"][i]),
                  "tokens": float(students["D"][i]), "loss": float(students["loss"][i]),
                  "dense_loss": dense_loss,
                  "loss_change": float(students["loss"][i]) - dense_loss,
@@ -298,6 +352,15 @@ def _interval(stats: dict) -> str:
   return f"{stats['mean']:.4g} (95% {stats['low']:.4g} .. {stats['high']:.4g}, {stats['n']} runs)"
 
 
+def _percent(value: float | None) -> str:
+  return "-" if value is None else f"{value:.2%}"
+
+
+def law_n(row: dict) -> float:
+  """The N a per-size row of a section is keyed by (``SweepTable.n_column``)."""
+  return next(row[f"params_{p}"] for p in LAW_PARAMS if f"params_{p}" in row)
+
+
 def section_lines(sections: dict) -> list[str]:
   """Readable lines for the sweep sections of a fit (``fit_results``)."""
   lines = []
@@ -315,7 +378,7 @@ def section_lines(sections: dict) -> list[str]:
     lines.append(f"{bits} post-training quantization, loss change vs float: "
                  f"{_interval(ptq['loss_change'])}; N_eff/N {_interval(ptq['n_eff_ratio'])}")
     for row in ptq["per_size"]:
-      lines.append(f"  N {row['params_non_embedding']:.4g}: {row['loss_float']:.4f} -> "
+      lines.append(f"  N {law_n(row):.4g}: {row['loss_float']:.4f} -> "
                    f"{row['loss_quantized']:.4f} ({row['loss_change']:+.4f}), "
                    f"N_eff/N {row['n_eff_ratio']:.4g}")
   if "distillation" in sections:
@@ -323,6 +386,12 @@ def section_lines(sections: dict) -> list[str]:
     lines.append(f"distilled students: loss change vs same-size dense "
                  f"{_interval(distill['loss_change'])}; N_eff/N "
                  f"{_interval(distill['n_eff_ratio'])}")
+  if "annealing" in sections:
+    anneal = sections["annealing"]
+    lines.append(f"annealing law, per size fitted to the trunk and one branch: the other "
+                 f"{anneal['branches_predicted']} branches' final losses predicted within "
+                 f"{_percent(anneal['max_abs_rel_error'])} (mean "
+                 f"{_percent(anneal['mean_abs_rel_error'])}), {len(anneal['sizes'])} sizes")
   if "isoflop" in sections:
     iso = sections["isoflop"]
     lines.append(f"isoflop (Approach 2): N_opt ~ C^{iso['n_opt']['exponent']:.4f}, "

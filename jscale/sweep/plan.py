@@ -149,6 +149,21 @@ def _steps_for(units: float, run: RunSpec) -> int:
   return max(1, round(units / (run.train.global_batch * run.model.units_per_example)))
 
 
+def law_size(model, law_params: str) -> int:
+  """A model's N as the law counts it (sweep.law_params): every parameter, or the
+  non-embedding ones."""
+  counts = model.param_counts()
+  return counts.total if law_params == "total" else counts.non_embedding
+
+
+def _outside_token_bounds(run: RunSpec, steps: int, s: SweepSpec) -> bool:
+  """Whether ``steps`` of ``run`` train fewer tokens per parameter than
+  sweep.min_tokens_per_param, or more than sweep.max_tokens_per_param (when > 0)."""
+  tokens = steps * run.train.global_batch * run.model.units_per_example
+  ratio = tokens / law_size(run.model, s.law_params)
+  return ratio < s.min_tokens_per_param or 0 < s.max_tokens_per_param < ratio
+
+
 def _apply_compression(c: ml_collections.ConfigDict, sparsity: float | None,
                        precision: str | None) -> str:
   """Sets one compression variant on a run config; returns its label suffix."""
@@ -227,6 +242,8 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
   runs, families = [], {}
   for width, depth, rate, seed, amount, sparsity, precision in itertools.product(
       widths, depths, rates, seeds, amounts, sparsities, precisions):
+    if s.seed_widths and seed != seeds[0] and width not in s.seed_widths:
+      continue
     c = ml_collections.ConfigDict(config_lib.run_config_dict(config))
     c.model.width, c.model.depth = width, depth
     c.train.learning_rate, c.train.seed = rate, seed
@@ -240,7 +257,7 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
         steps, label = _steps_for(amount / flops_per_unit, spec), f"{label}-C{amount:.3g}"
       else:
         steps, label = _steps_for(amount, spec), f"{label}-D{amount:.3g}"
-      if steps < s.min_steps:
+      if steps < s.min_steps or _outside_token_bounds(spec, steps, s):
         continue
       c.train.steps = steps
       _clamp_to_steps(c, steps, s.pinned, "budgets" if s.budgets else "tokens", label)

@@ -1,11 +1,32 @@
 """What ``--dry_run`` shows: each planned run with its size, tokens, FLOPs and an estimate
-of its wall time from a few measured steps, and the plan's totals against its budget."""
+of its wall time from a few measured steps, the plan's totals against its budget, and
+its design: whether the law the sweep will fit can be identified from these points.
 
+Design warnings (``design_warnings``; thresholds are module constants):
+
+* ``tokens_range``: the plan varies D (it asks for L(N, D)) but its points take fewer than
+  3 token counts or span at most 2x, so the fit falls back to L(N) (``analysis.choose_law``):
+  Chinchilla's beta is not identified. A plan at one D asks for L(N) and gets no warning.
+* ``params_decades``: N spans fewer than ``MIN_DECADES`` (1.5) decades: the issue's
+  simulation and Epoch's Chinchilla refit (alpha +-8% over 2.45 decades) put a +-25%
+  interval on alpha at about 2 decades with per-size scatter like ours.
+* ``one_side_of_ridge`` (language models, Chinchilla law): fewer than
+  ``diagnostics.RIDGE_MINORITY`` of the points on one side of ``RIDGE_TOKENS_PER_PARAM``
+  (20, Hoffmann et al.'s compute-optimal ratio): the law's optimum is not bracketed.
+* ``too_few_points``: fewer points than the law has parameters: it cannot be fitted.
+"""
+
+import dataclasses
+import math
 import time
 
 import jax
+import numpy as np
 
+from jscale.fit import diagnostics, registry
+from jscale.sweep import analysis
 from jscale.sweep import plan as plan_lib
+from jscale.sweep.spec import SweepSpec
 from jscale.train.metrics import format_eta
 from jscale.train.sharding import DataParallel
 from jscale.train.step import build_run, make_train_step
@@ -45,6 +66,80 @@ def _role(run: plan_lib.PlannedRun) -> str:
   return "  trunk" if run.is_trunk else ""
 
 
+MIN_DECADES = 1.5
+RIDGE_TOKENS_PER_PARAM = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+  """The points a sweep's main law is fitted to, as planned: N (sweep.law_params) and D
+  of every dense run that is not a trunk, and the plan's training FLOPs."""
+  n: np.ndarray
+  d: np.ndarray
+  flops: float
+  law_params: str
+  language: bool  # tokens of text (the ridge at ~20 tokens per parameter applies)
+
+  @property
+  def law(self) -> str:
+    return analysis.choose_law(self.d)
+
+
+def plan_design(runs: list[plan_lib.PlannedRun], law_params: str, language: bool) -> Design:
+  points = [r for r in runs if not r.is_trunk and not r.spec.compress.order]
+  return Design(n=np.array([plan_lib.law_size(r.spec.model, law_params) for r in points],
+                           np.float64),
+                d=np.array([r.tokens for r in points], np.float64),
+                flops=sum(r.cost_flops for r in runs), law_params=law_params,
+                language=language)
+
+
+def _decades(values: np.ndarray) -> float:
+  return math.log10(values.max() / values.min())
+
+
+def design_warnings(design: Design) -> list[str]:
+  """Why the planned points cannot identify the law they are planned for (module doc)."""
+  n, d, law = design.n, design.d, design.law
+  found = []
+  if law != "chinchilla" and np.unique(d).size > 1:
+    found.append(f"warning [tokens_range]: tokens take {np.unique(d).size} value(s) spanning "
+                 f"{d.max() / d.min():.2g}x: the fit will be L(N) ({law}), Chinchilla's beta "
+                 f"is not identified; give sweep.tokens {analysis.CHINCHILLA_TOKEN_COUNTS} or "
+                 f"more values spanning over {analysis.CHINCHILLA_TOKEN_RATIO:g}x")
+  if _decades(n) < MIN_DECADES:
+    found.append(f"warning [params_decades]: N spans {_decades(n):.2f} decades (under "
+                 f"{MIN_DECADES:g}): alpha will not be identified to +-25%; widen sweep.widths")
+  ratio = d / n
+  above = int(np.sum(ratio > RIDGE_TOKENS_PER_PARAM))
+  if design.language and law == "chinchilla" and min(above, ratio.size - above) < (
+      diagnostics.RIDGE_MINORITY * ratio.size):
+    side = "above" if above > ratio.size / 2 else "below"
+    found.append(f"warning [one_side_of_ridge]: {max(above, ratio.size - above)} of "
+                 f"{ratio.size} points are {side} {RIDGE_TOKENS_PER_PARAM:g} tokens per "
+                 f"parameter ({ratio.min():.3g} .. {ratio.max():.3g}): the compute-optimal "
+                 "ridge is not bracketed; train smaller models longer or larger ones shorter")
+  n_params = registry.get(law).n_params
+  if n.size < n_params:
+    found.append(f"warning [too_few_points]: {n.size} points for the {n_params} parameters "
+                 f"of {law}: it cannot be fitted")
+  return found
+
+
+def design_lines(design: Design) -> list[str]:
+  """The plan's design (ranges of N, D, tokens per parameter, FLOPs) and its warnings."""
+  if design.n.size == 0:
+    return ["design: no dense run to fit a law to"]
+  n, d = design.n, design.d
+  ratio = d / n
+  unit = "tokens" if design.language else "examples"
+  return [f"design: {n.size} law points ({design.law}); N ({design.law_params}) "
+          f"{n.min():.3g} .. {n.max():.3g} ({_decades(n):.2f} decades), D {d.min():.3g} .. "
+          f"{d.max():.3g} {unit} ({_decades(d):.2f} decades), {unit} per parameter "
+          f"{ratio.min():.3g} .. {ratio.max():.3g}; {design.flops:.3g} training FLOPs"
+          ] + design_warnings(design)
+
+
 def plan_lines(runs: list[plan_lib.PlannedRun], rates: list[float],
                worker: tuple[int, int], max_hours: float = 0.0) -> list[str]:
   """The plan table. ``rates`` are the measured FLOP/s of the smallest and the largest
@@ -77,8 +172,11 @@ def plan_lines(runs: list[plan_lib.PlannedRun], rates: list[float],
 
 
 def preview(runs: list[plan_lib.PlannedRun], dataset, dp: DataParallel,
-            worker: tuple[int, int], max_hours: float = 0.0) -> list[str]:
-  """The plan table with rates measured on this machine (see ``plan_lines``)."""
+            worker: tuple[int, int], max_hours: float = 0.0,
+            law_params: str = SweepSpec.law_params) -> list[str]:
+  """The plan table with rates measured on this machine (see ``plan_lines``), and its
+  design (``design_lines``, N counted as ``law_params``)."""
   ends = [runs[0], runs[-1]] if len(runs) > 1 else [runs[0]]
-  return plan_lines(runs, [measure_flops_per_second(r, dataset, dp) for r in ends], worker,
-                    max_hours)
+  table = plan_lines(runs, [measure_flops_per_second(r, dataset, dp) for r in ends], worker,
+                     max_hours)
+  return table + design_lines(plan_design(runs, law_params, dataset.kind == "text"))

@@ -11,9 +11,12 @@ plots, using ``jscale.fit.plots`` for the generic ones:
   loss_vs_params.png     final loss vs non-zero non-embedding parameters
   isoflop.png            the IsoFLOP profiles of the planned budgets (drawn even when
                          Approach 2 cannot be fitted)
+  annealing.png          per size, the annealing law fitted to a trunk and one branch,
+                         and its predictions of the other branches' final losses
 """
 
 import collections
+import dataclasses
 import logging
 
 import matplotlib.cm
@@ -25,8 +28,9 @@ from matplotlib.figure import Figure
 from jscale import fit as fit_lib
 from jscale.errors import FitError
 from jscale.fit import plots
-from jscale.sweep import analysis, results
+from jscale.sweep import analysis, cooldowns, results
 from jscale.sweep.results import run_dir
+from jscale.sweep.spec import SweepSpec
 from jscale.train.folder import METRICS
 from jscale.train.metrics import read_records
 
@@ -47,7 +51,7 @@ def plot_sparsity(result: fit_lib.FitResult, path: epath.PathLike) -> str:
     curve = {"S": np.full(grid.size, level), "N": grid,
              "D": np.full(grid.size, np.median(cols.get("D", [1.0])))}
     ax.plot(grid, fit_lib.predict(result, curve), "-", color=colour, lw=1)
-  ax.set(xscale="log", yscale="log", xlabel="non-zero non-embedding parameters",
+  ax.set(xscale="log", yscale="log", xlabel="non-zero parameters N (sweep.law_params)",
          ylabel="validation loss", title=f"{result.law} fit")
   ax.legend()
   return plots.save(fig, path)
@@ -63,13 +67,13 @@ def plot_quantization(result: fit_lib.FitResult, path: epath.PathLike) -> str:
   curve = {"N": grid, "D": np.full(grid.size, np.median(cols["D"]))}
   ax.plot(grid, fit_lib.predict(result, curve), "k-", lw=1, label=f"dense {result.law}")
   for i, (bits, ptq) in enumerate(result.sections["ptq"].items()):
-    sizes = [row["params_non_embedding"] for row in ptq["per_size"]]
+    sizes = [analysis.law_n(row) for row in ptq["per_size"]]
     if i == 0:
       ax.plot(sizes, [row["loss_float"] for row in ptq["per_size"]], "o", color="C0",
               label="float")
     ax.plot(sizes, [row["loss_quantized"] for row in ptq["per_size"]], "s", color=f"C{i + 1}",
             label=bits)
-  ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters",
+  ax.set(xscale="log", yscale="log", xlabel="parameters N (sweep.law_params)",
          ylabel="validation loss", title="post-training quantization")
   ax.legend()
   return plots.save(fig, path)
@@ -91,12 +95,75 @@ def write_fit(fitted: analysis.SweepFit, out_dir: epath.PathLike) -> fit_lib.Fit
 
 
 def fit_sweep_results(results_csv_path: str, out_dir: str, *, bootstrap: int = 100,
-                      seed: int = 0, law: str | None = None) -> fit_lib.FitResult:
+                      seed: int = 0, law: str | None = None,
+                      law_params: str = SweepSpec.law_params,
+                      bootstrap_clusters: str = SweepSpec.bootstrap_clusters
+                      ) -> fit_lib.FitResult:
   """Fits a sweep's results.csv (``analysis.fit_results``) and writes out_dir/fit.json
   and out_dir/plots/ (the fit.json keys are documented in README.md)."""
-  sweep = analysis.read_results(results_csv_path)
-  return write_fit(analysis.fit_results(sweep, bootstrap=bootstrap, seed=seed, law=law),
-                   out_dir)
+  sweep = analysis.read_results(results_csv_path, law_params)
+  return write_fit(analysis.fit_results(sweep, bootstrap=bootstrap, seed=seed, law=law,
+                                        bootstrap_clusters=bootstrap_clusters), out_dir)
+
+
+def fit_workdir(workdir: epath.PathLike, settings: SweepSpec, *, seed: int = 0,
+                law: str | None = None, bootstrap: int | None = None) -> fit_lib.FitResult:
+  """A sweep's fit from its results.csv and run folders, as ``settings`` (its sweep
+  section) asks: the law (fit.json, plots), and where trunks have branches the annealing
+  law's check (fit.json ``annealing``, annealing.png). ``bootstrap`` overrides
+  sweep.bootstrap."""
+  workdir = epath.Path(workdir)
+  sweep = analysis.read_results(str(workdir / "results.csv"), settings.law_params)
+  fitted = analysis.fit_results(
+      sweep, bootstrap=settings.bootstrap if bootstrap is None else bootstrap, seed=seed,
+      law=law, bootstrap_clusters=settings.bootstrap_clusters)
+  checks, notes = cooldowns.check_workdir(workdir)
+  result = fitted.result
+  sections = {"annealing": cooldowns.section(checks)} if checks else {}
+  fitted = dataclasses.replace(fitted, result=dataclasses.replace(
+      result, sections=result.sections | sections, notes=result.notes + tuple(notes)))
+  written = write_fit(fitted, workdir)
+  if checks:
+    plot_annealing_checks(checks, workdir / "plots" / "annealing.png")
+  return written
+
+
+def plot_annealing_checks(checks: list[cooldowns.SizeCheck], path: epath.Path) -> str:
+  """Left: per size, the trunk's and the fitted branch's evaluations (dots) with the law
+  along every branch's schedule (lines), each other branch's measured final loss (circle)
+  and prediction (cross). Right: the prediction errors against tokens."""
+  fig = Figure(figsize=(12, 5))
+  ax_curves, ax_errors = fig.subplots(1, 2)
+  sizes = np.log10([c.params["params_total"] for c in checks])
+  by_size = matplotlib.colors.Normalize(sizes.min(), sizes.max() + 1e-9)
+  for check, size in zip(checks, sizes):
+    colour = matplotlib.colormaps["viridis"](by_size(size))
+    for curve in check.fitted:
+      ax_curves.plot(curve.steps + 1, curve.losses, "o", ms=2.5, color=colour)
+    for curve in (check.fitted[1], *(p.curve for p in check.predictions)):
+      steps = np.arange(max(curve.steps[0] - 10, 0), curve.lr_per_step.size)
+      ax_curves.plot(steps + 1, fit_lib.predict_annealing(check.fit, curve.lr_per_step, steps),
+                     "-", lw=0.8, color=colour)
+    trunk = check.fitted[0]
+    ax_curves.plot(trunk.steps + 1, fit_lib.predict_annealing(check.fit, trunk.lr_per_step,
+                                                              trunk.steps), "-", lw=0.8,
+                   color=colour)
+    for p in check.predictions:
+      end = p.curve.lr_per_step.size
+      ax_curves.plot(end, p.measured, "o", mfc="none", ms=6, color=colour)
+      ax_curves.plot(end, p.predicted, "x", ms=6, color=colour)
+      ax_errors.plot(p.tokens, 100 * p.rel_error, "o", color=colour)
+  fig.colorbar(matplotlib.cm.ScalarMappable(by_size, "viridis"), ax=ax_errors,
+               label="log10 N (all parameters)")
+  ax_curves.set(xscale="log", yscale="log", xlabel="step", ylabel="validation loss (nats)",
+                title="annealing law: trunk + one branch (dots), law (lines); other branches:"
+                      " measured (o), predicted (x)")
+  ax_curves.title.set_fontsize(8)
+  ax_errors.axhspan(-0.5, 0.5, **{"color": "0.9", "zorder": 0})
+  ax_errors.axhline(0.0, color="k", lw=0.8)
+  ax_errors.set(xscale="log", xlabel="branch tokens", ylabel="predicted / measured - 1 (%)",
+                title="final loss of the branches not fitted (band: +-0.5%)")
+  return plots.save(fig, path)
 
 
 def _eval_curve(folder: epath.Path, flops_per_step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -225,21 +292,19 @@ def draw_sweep_plots(workdir: epath.PathLike) -> None:
     plot_isoflop_profiles(budgeted, plot_dir / "isoflop.png")
 
 
-def write_report(workdir: epath.PathLike, *, bootstrap: int, select: str = "all"
-                 ) -> fit_lib.FitResult | None:
+def write_report(workdir: epath.PathLike, settings: SweepSpec) -> fit_lib.FitResult | None:
   """After a sweep: results.csv rebuilt from the run folders, the fit (fit.json and its
-  plots) and every other plot; returns the main fit, or None where the data cannot be
-  fitted (said in the log)."""
+  plots, ``fit_workdir``) and every other plot; returns the main fit, or None where the
+  data cannot be fitted (said in the log)."""
   workdir = epath.Path(workdir)
-  rows = results.collect(workdir, select)
-  results.write_results_csv(workdir, select)
+  rows = results.collect(workdir, settings.select)
+  results.write_results_csv(workdir, settings.select)
   excluded = sum(r["status"] != "done" for r in rows)
   if excluded:
     _log.info("fit: %d runs excluded (diverged or failed)", excluded)
   result = None
   try:
-    sweep = analysis.read_results(str(workdir / "results.csv"))
-    result = write_fit(analysis.fit_results(sweep, bootstrap=bootstrap, seed=0), str(workdir))
+    result = fit_workdir(workdir, settings)
     _log.info("%s", analysis.summary(result))
   except FitError as e:
     _log.info("fit: not fitted (%s)", e)

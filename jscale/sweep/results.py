@@ -12,9 +12,11 @@ import csv
 import io
 import json
 
+import ml_collections
 from etils import epath
 
 from jscale.errors import BadInput
+from jscale.sweep import spec as spec_lib
 from jscale.train import folder as folder_lib
 from jscale.train.metrics import write_text_atomic
 
@@ -53,11 +55,13 @@ def read_comparable(workdir: epath.PathLike) -> dict | None:
                      "sweep in a new --workdir") from None
 
 
-def read_select(workdir: epath.PathLike) -> str:
-  """The sweep's row selection rule (sweep.select) as its sweep.json records it."""
+def read_sweep_spec(workdir: epath.PathLike) -> spec_lib.SweepSpec:
+  """The sweep section as ``workdir``'s sweep.json records it, keys it lacks (a sweep
+  planned before they existed) at their defaults."""
   path = epath.Path(workdir) / "sweep.json"
   config = json.loads(path.read_text()).get("config", {}) if path.exists() else {}
-  return config.get("sweep", {}).get("select", "all")
+  return spec_lib.sweep_spec(ml_collections.ConfigDict(
+      spec_lib.sweep_section().to_dict() | config.get("sweep", {})))
 
 
 def row(run_id: str, config: dict, result: dict) -> dict:

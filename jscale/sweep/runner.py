@@ -259,7 +259,8 @@ def run_sweep(config, options: SweepOptions,
   mode = options.batch_runs if jax.process_count() == 1 else "never"  # batching: one host
   kind = jax.devices()[0].device_kind
   if options.dry_run:
-    for line in preview.preview(runs, dataset, dp, options.worker, sweep.max_hours):
+    for line in preview.preview(runs, dataset, dp, options.worker, sweep.max_hours,
+                                sweep.law_params):
       _log.info("%s", line)
     units = batching.training_units(mine, mode, kind, dp.num_devices, {})
     _log.info("training units: %d (%d batched groups)", len(units),
@@ -282,7 +283,7 @@ def run_sweep(config, options: SweepOptions,
     _log.info("%d runs of other workers not finished yet; the last worker to finish writes "
               "the fit and plots", len(missing))
   elif options.fit and hosts.is_writer():
-    report.write_report(workdir, bootstrap=sweep.bootstrap, select=sweep.select)
+    report.write_report(workdir, sweep)
   if failed:
     _log.error("%d runs failed (tracebacks above, errors in their result.json); rerun the "
                "same command to retry them", failed)

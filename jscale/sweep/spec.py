@@ -10,6 +10,8 @@ from jscale.train.config import finite_number
 
 PRECISIONS = ("float32", "bfloat16", "int8-qat", "int4-qat", "int8-ptq", "int4-ptq")
 SELECTIONS = ("all", "best_per_point")
+LAW_PARAMS = ("total", "non_embedding")  # results.csv's params_total or params_non_embedding
+BOOTSTRAP_CLUSTERS = ("", "size")
 
 
 def sweep_section() -> ml_collections.ConfigDict:
@@ -43,6 +45,23 @@ def sweep_section() -> ml_collections.ConfigDict:
   #                   results.csv with selected=False)
   s.pinned = ()  # run keys ("model.width", ...) no axis may set; see the docstring
   s.min_steps = 20  # IsoFLOP/tokens: runs shorter than this are left out of the plan
+  # tokens/budgets: runs with fewer, or more, training tokens per parameter (N of
+  # sweep.law_params) than these are left out of the plan; 0 = no bound. Points below ~2
+  # tokens per parameter bias a fitted law; far above the compute-optimal ~20 small models
+  # saturate (BUILD_NOTES.md, "The default experiment")
+  s.min_tokens_per_param = 0.0
+  s.max_tokens_per_param = 0.0
+  # widths trained with every seed of sweep.seeds; the other widths train the first seed
+  # only (empty = every width trains every seed): a second seed where the scatter is largest
+  s.seed_widths = ()
+  # N of the fitted law, the tokens per parameter and the plan's decades of N: "total"
+  # (params_total: every parameter, embeddings and head included) or "non_embedding"
+  # (Kaplan's N; for pruned runs the non-zero ones). Measured choice in BUILD_NOTES.md
+  s.law_params = "total"
+  # bootstrap resampling unit of the fit: "size" = whole model sizes (every point of a
+  # drawn size), "" = points. Points of one size share its errors (seed, shape, how well
+  # the rate transfers), so resampling them as independent understates the intervals
+  s.bootstrap_clusters = "size"
   s.bootstrap = 100  # bootstrap resamples of the fit after the sweep (0 = none)
   s.max_flops = 0.0  # refuse plans needing more training FLOPs, all runs together;
   #                    0 = a week at the devices' peak (1e16, about a day, where it is unknown)
@@ -80,6 +99,11 @@ class SweepSpec:
   select: str = "all"
   pinned: tuple[str, ...] = ()
   min_steps: int = 20
+  min_tokens_per_param: float = 0.0
+  max_tokens_per_param: float = 0.0
+  seed_widths: tuple[int, ...] = ()
+  law_params: str = "total"
+  bootstrap_clusters: str = "size"
   bootstrap: int = 100
   max_flops: float = 0.0
   max_memory_gb: float = 0.0
@@ -125,6 +149,11 @@ def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
       raise BadInput(f"sweep.precisions must hold values from {PRECISIONS}, got {precision!r}")
   if s.select not in SELECTIONS:
     raise BadInput(f"sweep.select must be one of {SELECTIONS}, got {s.select!r}")
+  if s.law_params not in LAW_PARAMS:
+    raise BadInput(f"sweep.law_params must be one of {LAW_PARAMS}, got {s.law_params!r}")
+  if s.bootstrap_clusters not in BOOTSTRAP_CLUSTERS:
+    raise BadInput(f"sweep.bootstrap_clusters must be one of {BOOTSTRAP_CLUSTERS} (\"\" = "
+                   f"points), got {s.bootstrap_clusters!r}")
   if not isinstance(s.distill_from_largest, bool):
     raise BadInput("sweep.distill_from_largest must be True or False, got "
                      f"{s.distill_from_largest!r}")
@@ -138,6 +167,12 @@ def sweep_spec(s: ml_collections.ConfigDict) -> SweepSpec:
       select=s.select,
       pinned=tuple(str(k) for k in s.pinned),
       min_steps=_count("min_steps", s.min_steps, 0),
+      min_tokens_per_param=finite_number("sweep.min_tokens_per_param",
+                                         s.min_tokens_per_param, 0),
+      max_tokens_per_param=finite_number("sweep.max_tokens_per_param",
+                                         s.max_tokens_per_param, 0),
+      seed_widths=_integers(s.seed_widths, "seed_widths"),
+      law_params=s.law_params, bootstrap_clusters=s.bootstrap_clusters,
       bootstrap=_count("bootstrap", s.bootstrap, 0),
       max_flops=finite_number("sweep.max_flops", s.max_flops, 0),
       max_memory_gb=finite_number("sweep.max_memory_gb", s.max_memory_gb, 0),

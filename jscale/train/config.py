@@ -166,7 +166,8 @@ def finite_number(field: str, value: Any, low: float, high: float = math.inf, *,
   return float(value)
 
 
-def _train_spec(t: ml_collections.ConfigDict) -> TrainSpec:
+def train_spec(t: ml_collections.ConfigDict) -> TrainSpec:
+  """The validated ``train`` section (no dataset needed: a sweep's fit reads schedules)."""
   _require(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"one of {SCHEDULES}")
   _require(t.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", t.compute_dtype,
            f"one of {COMPUTE_DTYPES}")
@@ -341,7 +342,7 @@ def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:
 
 def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
   """Validates a run config and returns typed specs (loads the dataset if not given)."""
-  train = _train_spec(config.train)
+  train = train_spec(config.train)
   if config.model.family not in models.FAMILIES:
     raise BadInput(f"model.family must be one of {tuple(models.FAMILIES)}, "
                      f"got {config.model.family!r}")
