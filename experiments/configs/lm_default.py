@@ -22,7 +22,7 @@ FLOPs; under load 5-7 a first version of the plan (61 runs, one seed) took 16 mi
 A model of twice the largest size by the same recipe (2.8 tokens per parameter):
 ``--config.sweep.widths='(208,)' --config.sweep.tokens='(3.2e6,)'`` (2.2e13 FLOPs; 8-12 min
 measured, with ``--config.train.eval_every=400``).
-Smaller variant for a quick look (~2 min):
+Smaller variant for a quick look (91 s; its law is not identified: 3 sizes):
 ``--config.sweep.widths='(8,16,32)' --config.sweep.seeds='(0,)'``.
 """
 

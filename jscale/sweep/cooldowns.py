@@ -79,9 +79,10 @@ def run_curve(run_dir: epath.Path, after_step: int = 0) -> fit_lib.Curve:
 
 
 def fitted_branch(branches: list[dict]) -> int:
-  """Which branch the law is fitted to, with the trunk: the longest (its cooldown has
-  the most evaluations and anneals furthest, so the other branches' cooldowns lie inside
-  what the fit saw; BUILD_NOTES.md, "The default experiment", measures the shortest too)."""
+  """Which branch the law is fitted to, with the trunk: the longest. Its cooldown has the
+  most evaluations and anneals furthest, so the other cooldowns are shorter than one the fit
+  saw; fitted to the shortest instead, the default sweep's longer cooldowns were missed by
+  up to 31% (BUILD_NOTES.md, "The default experiment")."""
   return int(np.argmax([float(b["tokens"]) for b in branches]))
 
 
