@@ -32,7 +32,8 @@ from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.
 _NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
-              ("checkpoint", "async_save"), ("checkpoint", "keep_steps")}
+              ("checkpoint", "async_save"), ("checkpoint", "keep_steps"),
+              ("data", "tokens_dir")}  # where the corpus lies: its fingerprint is compared
 # Keys added after run ids were first defined, with their defaults: left out of the id
 # while they hold the default, so the runs of existing workdirs keep their ids.
 _LATER_KEYS: dict[tuple[str, str], object] = {
@@ -100,11 +101,14 @@ def _planned(config: ml_collections.ConfigDict, label: str, dataset, **fields) -
                     config_json=record, **fields)
 
 
-def comparable_fields(config: ml_collections.ConfigDict) -> dict:
+def comparable_fields(config: ml_collections.ConfigDict, dataset) -> dict:
   values = {}
   for dotted in COMPARABLE_FIELDS:
     section, key = dotted.split(".")
     values[dotted] = config[section][key]
+  # The data's content (a token folder's manifest fingerprint): a changed corpus is
+  # another experiment even under the same name or folder.
+  values["data.content_sha256"] = dataset.metadata()["content_sha256"]
   return values
 
 

@@ -43,7 +43,7 @@ class SweepOptions:
   #                           "always" or "never"
 
 
-def prepare_workdir(workdir: epath.Path, config) -> None:
+def prepare_workdir(workdir: epath.Path, config, dataset) -> None:
   """Creates the workdir and records the sweep, refusing incompatible edits (the writer
   process writes; the others wait until it has)."""
   try:
@@ -54,7 +54,7 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
       probe.unlink()
   except OSError as e:
     raise ValueError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
-  fields = plan_lib.comparable_fields(config)
+  fields = plan_lib.comparable_fields(config, dataset)
   before = read_comparable(workdir)
   if before is not None:
     for key, value in fields.items():
@@ -286,7 +286,7 @@ def run_sweep(config, options: SweepOptions,
     units = training_units(mine, dataset, dp, options.batch_runs)
     print(f"training units: {len(units)} ({sum(len(u) > 1 for u in units)} batched groups)")
     return "done"
-  prepare_workdir(workdir, config)
+  prepare_workdir(workdir, config, dataset)
   batch_runs = options.batch_runs
   if jax.process_count() > 1:  # batched training is single-host (jscale.train.batched)
     batch_runs = "never"

@@ -23,6 +23,8 @@ import numpy as np
 from etils import epath
 
 from jscale import compress
+from jscale.data.prefetch import prefetched
+from jscale.errors import BadInput
 from jscale.train import batched, hosts
 from jscale.train.checkpoint import Checkpointer, abstract_like
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
@@ -103,6 +105,7 @@ class Member:
   clock: Callable[[], float]  # the unit's training clock (stops during final evaluations)
   num_devices: int  # devices the unit trains on (for MFU)
   start_point: StartPoint | None = None
+  data_sha256: str = ""  # the dataset's content_sha256, kept in every checkpoint
   start: int = 0
   wall_before: float = 0.0
   timed_from: tuple[int, float] | None = None  # (step, clock) of the first step read back
@@ -120,6 +123,10 @@ class Member:
     state = None
     if found is not None:
       state, meta = found
+      if meta.get("data_sha256", self.data_sha256) != self.data_sha256:
+        raise BadInput(f"{self.dir} was trained on other data (content sha256 "
+                       f"{meta['data_sha256'][:12]}, now {self.data_sha256[:12]}): use a new "
+                       "folder, or the data it was trained on")
       self.start, self.wall_before = int(meta["step"]), float(meta["wall_seconds"])
       print(f"{self.dir.name} resumed at step {self.start}", flush=True)
     self.log.truncate_after(self.start)
@@ -169,7 +176,7 @@ class Member:
   def save(self, step: int, state: TrainState, elapsed: float) -> None:
     self.log.flush()  # the log must hold every step a checkpoint holds
     self.ckpt.save(step, state, {"step": step, "data_position": step,
-                                 "seed": self.run.train.seed,
+                                 "seed": self.run.train.seed, "data_sha256": self.data_sha256,
                                  "wall_seconds": self.wall_before + elapsed})
 
   def preempted(self, step: int) -> None:
@@ -206,6 +213,7 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
   start_points = start_points or [None] * len(runs)
   eval_step = make_eval_step(runs[0].model.make_module(), dp, compression)
   eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
+  data_sha256 = dataset.metadata()["content_sha256"]
   stopped = [0.0]  # seconds the training clock stood still (final evaluations)
 
   def clock() -> float:
@@ -215,7 +223,7 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
     members = [Member(run, d, stack.enter_context(Checkpointer(d / "checkpoints",
                                                               run.checkpoint)),
                       MetricsLog(d / "metrics.jsonl"), show, compression, clock,
-                      dp.num_devices, point)
+                      dp.num_devices, point, data_sha256=data_sha256)
                for run, d, show, point in zip(runs, dirs, progress, start_points)]
     restored = {r: s for r, m in enumerate(members)
                 if (s := m.resume(engine.abstract_state)) is not None}
@@ -322,6 +330,7 @@ def train(run: RunSpec, dataset, run_dir: epath.PathLike, *, dp: DataParallel,
       raise ValueError("compress.passes holds distill: pass the composed compression with "
                        "its restored teacher (jscale.sweep.restore.compression_for)")
     compression = run.compress.compose()
+  dataset = prefetched(dataset)  # the next batch loads while a step runs
   engine = SingleRun(run, build_run(run, compression), dataset, dp)
   return _train_unit(engine, [run], compression, dataset, [run_dir], dp, should_stop,
                      [progress] if progress else None, [start_point])[0]
@@ -340,6 +349,7 @@ def train_group(runs: Sequence[RunSpec], dataset, run_dirs: Sequence[epath.PathL
   """
   if len(run_dirs) != len(runs):
     raise ValueError(f"run_dirs must hold one folder per run ({len(runs)}), got {len(run_dirs)}")
+  dataset = prefetched(dataset)  # the next batch loads while a step runs
   engine = batched.StackedRuns(runs, dataset, dp, run_devices)
   return _train_unit(engine, runs, compress.compose([]), dataset, run_dirs, dp, should_stop,
                      progress, start_points)
