@@ -74,6 +74,7 @@ user-path: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/fit_speed.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) workdir

@@ -13,7 +13,8 @@ Everything runs in one process, side by side:
 * memory: RSS growth while reading every window of the file once (one epoch), for the
   loader and for ``np.memmap`` (whose touched pages stay resident in the process).
 * tokenize: ``experiments.tokenize``'s pipeline with gpt2 on Shakespeare (from the data
-  cache) with one worker: tokens/s per core, scan and writes included.
+  cache; 5 numbered copies as JSONL, 1 with --smoke) with one worker: tokens/s per core,
+  tokenizer loading, scan, hashing and writes included.
 * stalls: ``jscale.train.train`` on the token folder (a small LM, word-level vocabulary
   of 4,096) with the loop's prefetching: time ``train_batch`` blocked / training step time;
   and the time one batch takes to load without prefetching, for comparison.
@@ -35,7 +36,8 @@ import numpy as np
 import tokenizers
 
 from jscale import data as data_lib
-from jscale.data import token_build, tokens
+from jscale.data import cache as cache_lib
+from jscale.data import corpora, token_build, tokens
 from jscale.data import tokenize_corpus as corpus_lib
 from jscale.data import tokenizer as tokenizer_lib
 from jscale.data.prefetch import Prefetched
@@ -137,11 +139,19 @@ def _memmap_reader(path, ds, batch):
   return read
 
 
-def _tokenize_rate(workdir: str, smoke: bool) -> tuple[float, int]:
+def _tokenize_rate(workdir: str, copies: int) -> tuple[float, int]:
+  """Tokens/s of the whole tokenize step (scan, tokenize, hash, write) with one worker, on
+  ``copies`` copies of Shakespeare's 42 texts (each copy headed by its number, so none is
+  an exact duplicate), as JSONL."""
+  documents = corpora.shakespeare(cache_lib.cache_dir())[0]
+  source = os.path.join(workdir, "shakespeare.jsonl")
+  with open(source, "w") as f:
+    for copy in range(copies):
+      for d in documents:
+        f.write(json.dumps({"text": f"copy {copy}\n" + d.content.decode()}) + "\n")
   out = os.path.join(workdir, "shakespeare-gpt2")
-  options = corpus_lib.Options(
-      input="corpus:shakespeare", out=out, tokenizer=tokenizer_lib.TokenizerSpec("gpt2"),
-      validation_fraction=0.1, workers=1, unit_bytes=(1 << 20) if smoke else 64 << 20)
+  options = corpus_lib.Options(input=source, out=out, validation_fraction=0.1, workers=1,
+                               tokenizer=tokenizer_lib.TokenizerSpec("gpt2"))
   began = time.perf_counter()
   token_build.tokenize(options, progress=lambda line: None)
   seconds = time.perf_counter() - began
@@ -149,6 +159,7 @@ def _tokenize_rate(workdir: str, smoke: bool) -> tuple[float, int]:
     totals = json.load(f)["totals"]
   count = totals["train"]["tokens"] + totals["validation"]["tokens"]
   shutil.rmtree(out)
+  os.remove(source)
   return count / seconds, count
 
 
@@ -214,7 +225,7 @@ def main() -> None:
     print(f"one epoch ({epoch_steps} batches, {file_bytes / 2**20:.0f} MiB file): RSS grew "
           f"{growth:.1f} MB (np.memmap: {memmap_growth:.1f} MB)")
 
-    rate, count = _tokenize_rate(folder, args.smoke)
+    rate, count = _tokenize_rate(folder, copies=1 if args.smoke else 5)
     print(f"tokenize gpt2, 1 worker: {rate / 1e6:.2f}M tokens/s ({count:,} tokens of "
           f"Shakespeare, scan, hashing and writes included)")
 

@@ -17,6 +17,8 @@ folder against its manifest. Cleaning, split and file format: jscale/data/tokeni
 and jscale/data/token_files.py.
 """
 
+import functools
+
 from absl import app, flags
 
 from experiments import cli
@@ -65,11 +67,11 @@ def main(argv: list[str]) -> None:
     return
   if not _INPUT.value:
     raise BadInput("--input is required: a glob of files or corpus:NAME")
-  for name, value in (("--min_chars", _MIN_CHARS.value), ("--unit_mb", _UNIT_MB.value - 1),
-                      ("--workers", _WORKERS.value)):
-    if value < 0:
-      raise BadInput(f"{name} must be {'>= 1' if name == '--unit_mb' else '>= 0'}")
-  progress = lambda line: print(line, flush=True)  # noqa: E731
+  for name, value, least in (("--min_chars", _MIN_CHARS.value, 0),
+                             ("--unit_mb", _UNIT_MB.value, 1), ("--workers", _WORKERS.value, 0)):
+    if value < least:
+      raise BadInput(f"{name} must be an integer >= {least}, got {value}")
+  progress = functools.partial(print, flush=True)
   if _INDEX.value:
     if not _VALIDATION_INPUT.value:
       raise BadInput("--index needs --validation_input: a glob of the validation token files")

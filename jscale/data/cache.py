@@ -1,8 +1,8 @@
 """Where fetched data lives, and how to tell that it is intact.
 
-One cache directory holds one folder per corpus. It is ``$JSCALE_DATA_DIR`` when
-that is set, else ``~/.cache/jscale``; this module is the only reader of the
-variable, and every library function also takes an explicit ``cache_dir``.
+One cache directory holds one folder per corpus (and per BPE tokenizer file). It is
+``$JSCALE_DATA_DIR`` when that is set, else ``~/.cache/jscale``; this module is the only
+reader of the variable, and every library function also takes an explicit ``cache_dir``.
 
 Two kinds of source fill the cache, both once, at set-up, never at run time:
 

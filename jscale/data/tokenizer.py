@@ -128,7 +128,7 @@ class Tokenizer:
     data = _read_file(path, "hf")
     try:
       self._hf = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as e:  # tokenizers raises its own exception types for a bad file
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
       raise BadInput(f"--tokenizer=hf:{path} is not a tokenizer.json: "
                      f"{str(e).splitlines()[0]}") from None
     self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
@@ -142,7 +142,7 @@ class Tokenizer:
     self._spm = sentencepiece.SentencePieceProcessor()
     try:
       self._spm.LoadFromSerializedProto(data)
-    except (RuntimeError, OSError) as e:
+    except RuntimeError as e:
       raise BadInput(f"--tokenizer=spm:{path} is not a SentencePiece model: "
                      f"{str(e).splitlines()[0]}") from None
     self.vocab_size = self._spm.get_piece_size()
