@@ -33,7 +33,8 @@ from jscale.train.spec import RunSpec
 
 # Fields that do not change a run's numbers, left out of its id.
 _NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
-              ("checkpoint", "async_save"), ("checkpoint", "keep_steps")}
+              ("checkpoint", "async_save"), ("checkpoint", "keep_steps"),
+              ("data", "tokens_dir")}  # where the corpus lies: its fingerprint is compared
 # Keys added after run ids were first defined: left out of the id while they hold their
 # default (base_config's), so the runs of existing workdirs keep their ids.
 _LATER_KEYS = (("train", "cooldown_fraction"), ("train", "cooldown_shape"),
@@ -95,11 +96,14 @@ def _planned(config: ml_collections.ConfigDict, label: str, dataset, **fields) -
                     config_json=config_lib.record(config), **fields)
 
 
-def comparable_fields(config: ml_collections.ConfigDict) -> dict:
+def comparable_fields(config: ml_collections.ConfigDict, dataset) -> dict:
   values = {}
   for dotted in COMPARABLE_FIELDS:
     section, key = dotted.split(".")
     values[dotted] = config[section][key]
+  # The data's content (a token folder's manifest fingerprint): a changed corpus is
+  # another experiment even under the same name or folder.
+  values["data.content_sha256"] = dataset.metadata()["content_sha256"]
   return values
 
 

@@ -51,7 +51,7 @@ class SweepOptions:
   batch_runs: str = "auto"  # same-shape runs together: see jscale.sweep.batching
 
 
-def prepare_workdir(workdir: epath.Path, config) -> None:
+def prepare_workdir(workdir: epath.Path, config, dataset) -> None:
   """Creates the workdir and records the sweep, refusing incompatible edits (the writer
   process writes; the others wait until it has)."""
   try:
@@ -64,7 +64,7 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
     if storage_fault(e) is None:
       raise
     raise BadInput(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
-  fields = plan_lib.comparable_fields(config)
+  fields = plan_lib.comparable_fields(config, dataset)
   before = read_comparable(workdir)
   if before is not None:
     for key, value in fields.items():
@@ -265,7 +265,7 @@ def run_sweep(config, options: SweepOptions,
     _log.info("training units: %d (%d batched groups)", len(units),
               sum(len(u) > 1 for u in units))
     return "done"
-  prepare_workdir(workdir, config)
+  prepare_workdir(workdir, config, dataset)
   todo = _still_to_train(workdir, mine)
   _log.info("sweep: %d runs planned, %d for worker %d/%d, %d finished already", len(runs),
             len(mine), index, count, len(mine) - len(todo))

@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # text: tokens per example (the model's context length)
   c.data.validation_fraction = 0.1  # share of documents held out for validation
   c.data.files_glob = ""  # for name="files": a glob of text files (local or gs://)
+  c.data.tokens_dir = ""  # for name="tokens": a token folder (experiments.tokenize; or gs://)
   c.data.cache_dir = ""  # "" = $JSCALE_DATA_DIR or ~/.cache/jscale
 
   c.train = ml_collections.ConfigDict()
@@ -268,7 +269,8 @@ def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):
 
 
 # Keys holding a local path or a URL (gs://...); "run:<id>" teachers are not paths.
-PATH_KEYS = ("data.files_glob", "data.cache_dir", "compress.distill.teacher")
+PATH_KEYS = ("data.files_glob", "data.tokens_dir", "data.cache_dir",
+             "compress.distill.teacher")
 
 
 def absolute_path(path: str) -> str:
@@ -336,7 +338,8 @@ def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:
     positive_int("data.seq_len", d.seq_len)
   return data_lib.DataSpec(name=d.name, seq_len=d.seq_len,
                            validation_fraction=d.validation_fraction,
-                           files_glob=d.files_glob, cache_dir=d.cache_dir)
+                           files_glob=d.files_glob, tokens_dir=d.tokens_dir,
+                           cache_dir=d.cache_dir)
 
 
 def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
@@ -352,6 +355,10 @@ def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
     raise BadInput(
         f"model.family {config.model.family!r} does not fit data.name {config.data.name!r} "
         f"({dataset.kind} data); use {text} for text and {images} for images")
+  if dataset.kind == "text" and train.global_batch > dataset.windows_per_epoch:
+    raise ValueError(f"train.global_batch={train.global_batch} is more than the "
+                     f"{dataset.windows_per_epoch} windows of data.seq_len + 1 tokens in the "
+                     "training split; lower train.global_batch or data.seq_len")
   return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
                  data=data_spec(config), train=train,
                  checkpoint=_checkpoint_spec(config.checkpoint),

@@ -30,8 +30,8 @@ def evaluate(eval_step, params, eval_batches: list, dp: DataParallel) -> dict:
 
 def eval_record(dataset, values: dict) -> dict:
   record = {"val_loss": values["loss"]}
-  if dataset.kind == "text":  # byte tokens: nats per token / ln 2 = bits per byte
-    record["val_bpb"] = values["loss"] / LN2
+  if dataset.kind == "text":  # bits per byte: nats per token / ln 2 / bytes per token
+    record["val_bpb"] = values["loss"] / LN2 / dataset.bytes_per_token
   else:
     record["val_accuracy"] = values["accuracy"]
   return record
