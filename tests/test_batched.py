@@ -160,7 +160,7 @@ def test_measure_batching_reports_both_timings(dataset, runs):
   same_shape = [config_lib.resolve(tiny_config(seed=s), dataset) for s in (0, 1)]
   m = batched.measure_batching(same_shape, dataset, data_parallel(1), steps=2)
   assert m.runs == 2 and m.sequential_seconds > 0 and m.batched_seconds > 0
-  assert m.pays == (m.speedup >= batched.MIN_SPEEDUP)
+
 
 
 def _run_isolated(code: str, timeout: float, env_extra=None) -> str:

@@ -56,8 +56,8 @@ def check_spec(spec: DataSpec) -> None:
                      f"data.name is 'files', got {spec.files_glob!r} with data.name="
                      f"{spec.name!r}")
   if not isinstance(spec.tokens_dir, str) or (spec.name == "tokens") != bool(spec.tokens_dir):
-    raise ValueError(f"data.tokens_dir must be a token folder exactly when data.name is "
-                     f"'tokens', got {spec.tokens_dir!r} with data.name={spec.name!r}")
+    raise BadInput(f"data.tokens_dir must be a token folder exactly when data.name is "
+                   f"'tokens', got {spec.tokens_dir!r} with data.name={spec.name!r}")
   if not isinstance(spec.cache_dir, str):
     raise BadInput(f"data.cache_dir must be a string, got {spec.cache_dir!r}")
 

@@ -356,9 +356,9 @@ def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
         f"model.family {config.model.family!r} does not fit data.name {config.data.name!r} "
         f"({dataset.kind} data); use {text} for text and {images} for images")
   if dataset.kind == "text" and train.global_batch > dataset.windows_per_epoch:
-    raise ValueError(f"train.global_batch={train.global_batch} is more than the "
-                     f"{dataset.windows_per_epoch} windows of data.seq_len + 1 tokens in the "
-                     "training split; lower train.global_batch or data.seq_len")
+    raise BadInput(f"train.global_batch={train.global_batch} is more than the "
+                   f"{dataset.windows_per_epoch} windows of data.seq_len + 1 tokens in the "
+                   "training split; lower train.global_batch or data.seq_len")
   return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
                  data=data_spec(config), train=train,
                  checkpoint=_checkpoint_spec(config.checkpoint),
