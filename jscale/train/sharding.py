@@ -146,7 +146,7 @@ class Layout:
   @property
   def is_data_parallel(self) -> bool:
     """True when every device holds whole parameters (fsdp = tensor = 1)."""
-    return self.batch_split == self.num_devices
+    return self.sizes[DATA_AXIS] == self.num_devices
 
   @property
   def replicated(self) -> NamedSharding:
@@ -194,25 +194,29 @@ class Layout:
 DataParallel = Layout
 
 
-def make_layout(spec: LayoutSpec = LayoutSpec(), num_devices: int = 0,
-                field: str = "train.mesh") -> Layout:
-  """``spec``'s mesh over the first ``num_devices`` devices (0 = all devices of all
-  hosts), ordered process by process so the innermost axis, tensor, is one host's.
-  ``field`` names the mesh in errors."""
-  devices = jax.devices()
-  if num_devices < 0 or num_devices > len(devices):
-    raise BadInput(
-        f"num_devices must be in [0, {len(devices)}] (0 = all), got {num_devices}")
-  devices = sorted(devices[:num_devices or len(devices)],
-                   key=lambda d: (d.process_index, d.id))
-  sizes = mesh_sizes(spec.mesh, len(devices), field)
+def device_grid(devices, mesh, field: str = "train.mesh") -> np.ndarray:
+  """``devices`` as a [data, fsdp, tensor] array for ``mesh`` (its -1 resolved), ordered
+  process by process so that the innermost axis, tensor, is one host's devices."""
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  sizes = mesh_sizes(mesh, len(devices), field)
   per_host = min(sum(d.process_index == p for d in devices)
                  for p in {d.process_index for d in devices})
   tensor = sizes[TENSOR_AXIS]
   if per_host % tensor:
     raise BadInput(f"{field} tensor={tensor} must divide the {per_host} devices of one "
                    "host: the tensor axis stays within a host")
-  grid = np.asarray(devices).reshape([sizes[axis] for axis in MESH_AXES])
+  return np.asarray(devices).reshape([sizes[axis] for axis in MESH_AXES])
+
+
+def make_layout(spec: LayoutSpec = LayoutSpec(), num_devices: int = 0,
+                field: str = "train.mesh") -> Layout:
+  """``spec``'s mesh over the first ``num_devices`` devices (0 = all devices of all
+  hosts); ``field`` names the mesh in errors."""
+  devices = jax.devices()
+  if num_devices < 0 or num_devices > len(devices):
+    raise BadInput(
+        f"num_devices must be in [0, {len(devices)}] (0 = all), got {num_devices}")
+  grid = device_grid(devices[:num_devices or len(devices)], spec.mesh, field)
   return Layout(Mesh(grid, MESH_AXES), spec.shard_min_bytes)
 
 
