@@ -1,6 +1,7 @@
 """Runs laid out on a (data, fsdp, tensor) mesh: the PartitionSpec of every parameter,
 per-device memory, equality with one device, and the bad meshes."""
 
+import math
 import types
 
 import jax
@@ -9,12 +10,15 @@ import pytest
 from conftest import tiny_config
 from jax.sharding import PartitionSpec as P
 
+from experiments.configs import smoke
 from jscale import data as data_lib
 from jscale import models
 from jscale.errors import BadInput
 from jscale.models.params import key_name
+from jscale.sweep import plan as plan_lib
+from jscale.sweep import spec as spec_lib
 from jscale.train import config as config_lib
-from jscale.train import grouping, sharding
+from jscale.train import grouping, memory, sharding
 from jscale.train.step import build_run, fresh_state, make_train_step
 
 STEPS = 20
@@ -282,3 +286,29 @@ def test_the_tensor_axis_stays_within_a_host():
   grid = sharding.device_grid(list(reversed(devices)), (1, 2, 2))
   for fsdp_row in grid[0]:  # each tensor group: one process's devices
     assert len({d.process_index for d in fsdp_row}) == 1
+
+
+# --- planning ----------------------------------------------------------------------------
+
+def test_the_planner_counts_bytes_per_device_and_names_a_mesh_that_holds_the_run():
+  c = smoke.get_config()
+  c.train.shard_min_bytes = 0
+  dataset = data_lib.load(config_lib.data_spec(c))
+  largest = max(plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset),
+                key=lambda r: r.spec.model.width)
+  estimator = memory.Estimator(shard_min_bytes=0)
+  fsdp = estimator.bytes_per_device(largest.spec, {"data": 1, "fsdp": 8, "tensor": 1},
+                                    limit=math.inf)
+  # The estimate is what the layout places on a device: the state, a gradient per
+  # parameter, and the activation bound.
+  on = layout((1, 8, 1))
+  state = fresh_state(build_run(largest.spec), on, 0)
+  device = jax.devices()[0]
+  assert fsdp == (_bytes_on(device, state) + _bytes_on(device, state.params)
+                  + memory.activation_bytes(largest.spec, on.sizes))
+  c.sweep.max_memory_gb = fsdp * 1.001 / 1e9  # holds it split 8 ways, not 4 or fewer
+  with pytest.raises(BadInput, match=r"run w24-d1\S* needs at least \S+ GB per device on the "
+                                     r"mesh \(8,1,1\).*--config.train.mesh='\(1,8,1\)'"):
+    plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
+  c.train.mesh = (1, 8, 1)
+  assert plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
