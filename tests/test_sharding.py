@@ -2,6 +2,9 @@
 per-device memory, equality with one device, and the bad meshes."""
 
 import math
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
@@ -18,6 +21,7 @@ from jscale.models.params import key_name
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import spec as spec_lib
 from jscale.train import config as config_lib
+from jscale.train import folder as folder_lib
 from jscale.train import grouping, memory, sharding
 from jscale.train.step import build_run, fresh_state, make_train_step
 
@@ -312,3 +316,31 @@ def test_the_planner_counts_bytes_per_device_and_names_a_mesh_that_holds_the_run
     plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
   c.train.mesh = (1, 8, 1)
   assert plan_lib.plan_runs(c, spec_lib.sweep_spec(c.sweep), dataset)
+
+
+def test_the_mesh_is_no_part_of_a_run_and_its_folder_accepts_another(tmp_path):
+  base = tiny_config()
+  moved = tiny_config()
+  moved.train.mesh, moved.train.shard_min_bytes = (1, -1, 1), 0
+  assert plan_lib.run_id(moved) == plan_lib.run_id(base)
+  folder = folder_lib.RunFolder(tmp_path / "run")
+  folder.path.mkdir()
+  folder.write_config(config_lib.record(base))
+  folder.write_config(config_lib.record(moved))  # resumed on another mesh: the same run
+  other = tiny_config(steps=13)
+  with pytest.raises(BadInput, match="holds another run's config.json"):
+    folder.write_config(config_lib.record(other))
+
+
+@pytest.mark.slow
+def test_the_dry_run_shows_the_compiled_steps_memory_on_the_mesh(tmp_path):
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/smoke.py",
+       f"--workdir={tmp_path / 'w'}", "--dry_run", "--config.train.mesh=(1,-1,1)",
+       "--config.train.shard_min_bytes=0", "--compilation_cache="],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+      timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "on the mesh (data=1, fsdp=8, tensor=1): XLA's compiled step holds" in (
+      done.stdout + done.stderr)
+  assert not (tmp_path / "w").exists()
