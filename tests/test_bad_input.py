@@ -367,6 +367,17 @@ SWEEP = [
                setup=_write("wdfile", "not a folder\n")),
     sweep_case("workdir_with_corrupt_sweep_json", needles=("{cwd}/wd/sweep.json",),
                setup=_write("wd/sweep.json", "{not json")),
+    # Device meshes (train.mesh, jscale.train.sharding); a tensor axis wider than one
+    # host's devices: tests/test_sharding*.py.
+    sweep_case("mesh_not_the_device_count", "--config.train.mesh=(3,1,1)",
+               needles=("train.mesh=(3, 1, 1) must multiply to the device count 8",)),
+    sweep_case("mesh_two_rest_sizes", "--config.train.mesh=(-1,-1,8)",
+               needles=("train.mesh must be three sizes", "(-1, -1, 8)")),
+    sweep_case("mesh_negative_size", "--config.train.mesh=(-2,1,4)",
+               needles=("train.mesh must be three sizes", "(-2, 1, 4)")),
+    sweep_case("batch_not_split_by_data_and_fsdp", "--config.train.mesh=(2,2,2)",
+               "--config.train.global_batch=6",
+               needles=("train.global_batch must be divisible by data x fsdp = 4", "got 6")),
 ]
 
 EVALUATE = [
@@ -393,6 +404,10 @@ EVALUATE = [
          ("--num_devices",), _sweep()),
     Case("num_devices_too_many", "evaluate", ("--workdir=wd", "--num_devices=999"),
          ("num_devices",), _sweep()),
+    Case("mesh_not_integers", "evaluate", ("--workdir=wd", "--mesh=1,x,1"),
+         ("--mesh must be three integers", "1,x,1"), _sweep()),
+    Case("mesh_not_the_device_count", "evaluate", ("--workdir=wd", "--mesh=3,1,1"),
+         ("--mesh=(3, 1, 1) must multiply to the device count 8",), _sweep()),
     Case("unknown_flag", "evaluate", ("--workdir=wd", "--bogus=1"), ("bogus",), _sweep()),
     Case("positional_argument", "evaluate", ("--workdir=wd", "extra"), ("unexpected",),
          _sweep()),

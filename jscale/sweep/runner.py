@@ -36,7 +36,7 @@ from jscale.train.loop import StartPoint, train, train_group
 from jscale.train.metrics import format_eta, write_json_atomic
 from jscale.train.record import Progress, progress_line
 from jscale.train.restore import compression_for
-from jscale.train.sharding import DataParallel, data_parallel
+from jscale.train.sharding import DataParallel, make_layout
 
 _log = logging.getLogger(__name__)
 
@@ -251,12 +251,13 @@ def run_sweep(config, options: SweepOptions,
   workdir = epath.Path(options.workdir)
   dataset = data_lib.load(config_lib.data_spec(config))
   sweep = spec_lib.sweep_spec(config.sweep)
-  runs = plan_lib.plan_runs(config, sweep, dataset)
-  dp = data_parallel(options.num_devices)
+  runs = plan_lib.plan_runs(config, sweep, dataset, options.num_devices)
+  dp = make_layout(config_lib.layout_spec(config), options.num_devices)
   dp.check_batch(config.train.global_batch)
   index, count = options.worker
   mine = [r for i, r in enumerate(runs) if i % count == index]
-  mode = options.batch_runs if jax.process_count() == 1 else "never"  # batching: one host
+  # Batching: one host, and runs that hold whole parameters (a sharded model trains alone).
+  mode = options.batch_runs if jax.process_count() == 1 and dp.is_data_parallel else "never"
   kind = jax.devices()[0].device_kind
   if options.dry_run:
     for line in preview.preview(runs, dataset, dp, options.worker, sweep.max_hours):

@@ -38,13 +38,21 @@ from jscale.data.prefetch import prefetched
 from jscale.errors import BadInput
 from jscale.train import batched, hosts
 from jscale.train import folder as folder_lib
-from jscale.train.checkpoint import Checkpointer, abstract_like
+from jscale.train.checkpoint import Checkpointer
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
 from jscale.train.metrics import MetricsLog, read_records
 from jscale.train.record import Progress, log_progress, result_record, throughput_values, unit_name
 from jscale.train.sharding import DataParallel, process_shard
 from jscale.train.spec import RunSpec
-from jscale.train.step import BuiltRun, TrainState, build_run, make_eval_step, make_train_step
+from jscale.train.step import (
+  BuiltRun,
+  TrainState,
+  abstract_state,
+  build_run,
+  fresh_state,
+  make_eval_step,
+  make_train_step,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -63,7 +71,7 @@ class Engine(Protocol):
     """One update of the active slots, each on its own batch at ``steps[r]``."""
 
   def run_state(self, state, r: int) -> TrainState:
-    """Slot r's state, laid out as one run's (replicated over the data mesh)."""
+    """Slot r's state, laid out as one run's (``jscale.train.sharding``)."""
 
 
 class SingleRun:
@@ -74,14 +82,12 @@ class SingleRun:
   def __init__(self, run: RunSpec, built: BuiltRun, dataset, dp: DataParallel):
     self._run, self._built, self._dataset, self._dp = run, built, dataset, dp
     self._step = make_train_step(built, dp)
-    seed = run.train.seed
-    self.abstract_state = abstract_like(jax.eval_shape(lambda: built.init(seed)), dp.replicated)
+    self.abstract_state = abstract_state(built, dp, run.train.seed)
 
   def initial_state(self, restored):
     if 0 in restored:
       return restored[0]
-    seed = self._run.train.seed
-    return jax.jit(lambda: self._built.init(seed), out_shardings=self._dp.replicated)()
+    return fresh_state(self._built, self._dp, self._run.train.seed)
 
   def step(self, state, steps, active):
     t = self._run.train
