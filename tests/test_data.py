@@ -10,7 +10,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import missing_data
+from conftest import missing_requirement
 
 from experiments import fetch_data
 from jscale import data
@@ -30,7 +30,7 @@ def _require(name):
     return cache_lib.apt_path(name, CACHE)
   except ValueError as error:
     if name in cache_lib.PIP_SOURCES:
-      missing_data(str(error))
+      missing_requirement(str(error))
     pytest.skip(str(error))
 
 

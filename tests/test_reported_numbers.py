@@ -17,10 +17,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_config
+from helpers import metrics_records, quiet
 from scipy import optimize
 
-from jscale import data as data_lib
 from jscale import fit as fit_lib
 from jscale.sweep import report
 from jscale.sweep import results as results_lib
@@ -32,19 +32,10 @@ from jscale.train.sharding import data_parallel
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _quiet(progress):
-  del progress
-
-
 # A Chinchilla law and a FLOP rule other than 6ND (jscale's own rule is 1.25-2.9x 6ND).
 LAW = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
 FLOPS_PER_PARAM_TOKEN = 7.3
 BUDGETS = np.geomspace(1e18, 1e21, 4)
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
 
 
 # -- IsoFLOP (Approach 2) -------------------------------------------------------------
@@ -138,11 +129,8 @@ def test_cli_c_col_on_a_jscale_table_cannot_derive_d_from_6n(tmp_path):
 
 
 def _train(tmp_path, dataset, config, name="run"):
-  folder = tmp_path / name
-  folder.mkdir()
-  (folder / "config.json").write_text(json.dumps(config.to_dict()))
-  run = config_lib.resolve(config, dataset)
-  return train(run, dataset, folder, dp=data_parallel(1), progress=_quiet), folder, run
+  result, run = train_config(config, dataset, tmp_path / name)
+  return result, tmp_path / name, run
 
 
 def _block_kernels(params):
@@ -202,7 +190,7 @@ def test_throughput_stops_at_the_last_training_step(tmp_path, dataset, monkeypat
   monkeypatch.setattr(loop, "final_evaluation", slow)
   run = config_lib.resolve(tiny_config(), dataset)
   slow.start = time.perf_counter()
-  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=_quiet)
+  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=quiet)
   (entered, _), = slow.calls
   # Steps 2..12 (the first compiles) all ran between start and the final evaluation.
   tokens = (run.train.steps - 1) * run.train.global_batch * run.model.units_per_example
@@ -217,7 +205,7 @@ def test_batched_throughput_excludes_every_final_evaluation(tmp_path, dataset, m
   runs = [config_lib.resolve(tiny_config(steps=s), dataset) for s in (6, 12)]
   slow.start = time.perf_counter()
   results = train_group(runs, dataset, [tmp_path / "short", tmp_path / "long"],
-                        dp=data_parallel(1), progress=[_quiet] * 2)
+                        dp=data_parallel(1), progress=[quiet] * 2)
   assert len(slow.calls) == 2
   for run, result, (entered, _) in zip(runs, results, slow.calls):
     earlier = sum(end - begin for begin, end in slow.calls if end <= entered)
@@ -228,23 +216,19 @@ def test_batched_throughput_excludes_every_final_evaluation(tmp_path, dataset, m
 # -- a kill between the last checkpoint and result.json ----------------------------------
 
 
-def _records(folder):
-  return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
 def _assert_logged_once_like(folder, reference):
-  records = _records(folder)
+  records = metrics_records(folder)
   keys = [(r["kind"], r["step"]) for r in records]
   assert len(keys) == len(set(keys)), keys
-  assert records == _records(reference)  # records hold no wall-clock fields
+  assert records == metrics_records(reference)  # records hold no wall-clock fields
 
 
 def test_rerun_after_the_final_checkpoint_logs_the_final_eval_once(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(), dataset)
   dp = data_parallel(1)
-  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=_quiet)
-  train(run, dataset, tmp_path / "killed", dp=dp, progress=_quiet)  # result.json never written
-  again = train(run, dataset, tmp_path / "killed", dp=dp, progress=_quiet)
+  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet)
+  train(run, dataset, tmp_path / "killed", dp=dp, progress=quiet)  # result.json never written
+  again = train(run, dataset, tmp_path / "killed", dp=dp, progress=quiet)
   assert again["val_loss"] == straight["val_loss"]
   _assert_logged_once_like(tmp_path / "killed", tmp_path / "straight")
 
@@ -255,7 +239,7 @@ def test_batched_rerun_after_the_final_checkpoint_logs_the_final_eval_once(tmp_p
 
   def group(*names):
     return train_group(runs, dataset, [tmp_path / n for n in names], dp=dp,
-                       progress=[_quiet] * 2)
+                       progress=[quiet] * 2)
 
   straight = group("s0", "s1")
   group("k0", "k1")

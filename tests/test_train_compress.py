@@ -10,20 +10,12 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_config
 from test_compress_distillation import reference as distillation_reference
 
-from jscale import data as data_lib
 from jscale.train import config as config_lib
-from jscale.train import train
-from jscale.train.restore import compression_for, load_run_spec, restore_params
+from jscale.train.restore import load_run_spec, restore_params
 from jscale.train.sharding import data_parallel
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
-
 
 # Recorded float32 losses match the float64 reference to ~1e-6 here; 8-bit quantization
 # moves them by ~2e-4 or more, so a tolerance between the two tells them apart.
@@ -98,13 +90,7 @@ def logged_train_loss(folder, step):
 
 
 def _train(tmp_path, dataset, config, name="run"):
-  folder = tmp_path / name
-  folder.mkdir()
-  (folder / "config.json").write_text(json.dumps(config.to_dict()))
-  run, dp = config_lib.resolve(config, dataset), data_parallel(1)
-  compression = compression_for(run, folder, dp)  # restores a distillation teacher
-  return train(run, dataset, folder, dp=dp, compression=compression,
-               progress=lambda p: None), folder
+  return train_config(config, dataset, tmp_path / name)[0], tmp_path / name
 
 
 def test_gradual_pruning_reaches_exact_sparsity_and_survives_restore(tmp_path, dataset):
