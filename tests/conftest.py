@@ -12,7 +12,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # after the environment set-up above
 import numpy as np
-from helpers import XLA_CACHE, quiet
+from helpers import XLA_CACHE, ForkServer, quiet
 
 from jscale import data as data_lib
 from jscale.train import build_run, make_train_step, train
@@ -30,6 +30,15 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 def dataset():
   """The synthetic text tiny_config trains on (built in memory, no download)."""
   return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
+
+
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory):
+  """The entry points run as ``python -m`` runs them, forked from one process (see
+  ``helpers.ForkServer``)."""
+  server = ForkServer(tmp_path_factory.mktemp("fork-server"))
+  yield server
+  server.close()
 
 
 def tiny_config(width=16, **train_overrides):

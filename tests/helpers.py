@@ -32,6 +32,16 @@ def smoke_config():
   return smoke.get_config()
 
 
+def toy_law_loss(n, d):
+  """A Chinchilla-shaped law of N and D: tables the fitters can fit."""
+  return 1.7 + 400 / n**0.34 + 410 / d**0.28
+
+
+def write_csv(path: pathlib.Path, header: list[str], rows) -> None:
+  lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+  pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
 def metrics_records(folder: pathlib.Path, kind: str | None = None) -> list[dict]:
   """A run folder's metrics.jsonl records, of one ``kind`` ("train", "eval", ...) or all."""
   lines = (pathlib.Path(folder) / "metrics.jsonl").read_text().splitlines()

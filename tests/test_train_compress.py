@@ -13,7 +13,6 @@ import pytest
 from conftest import tiny_config, train_config
 from test_compress_distillation import reference as distillation_reference
 
-from jscale.train import config as config_lib
 from jscale.train.restore import load_run_spec, restore_params
 from jscale.train.sharding import data_parallel
 
@@ -193,20 +192,3 @@ def test_distilled_student_learns_from_the_restored_teacher(tmp_path, dataset):
   orphan = "compress.distill.teacher 'run:nobody' is not a trained run"
   with pytest.raises(ValueError, match=orphan):
     _train(tmp_path, dataset, missing, "orphan")
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("prune.sparsity", 1.0, "compress.prune.sparsity must be in [0, 1)"),
-    ("ptq.bits", 3, "compress.ptq.bits"),
-    ("passes", ("ptq", "prune"), "ptq/qat and it must come last"),
-    ("passes", ("quantize",), "compress.passes must be"),
-])
-def test_bad_compression_config_is_one_line(field, value, message):
-  c = tiny_config()
-  section, _, key = field.rpartition(".")
-  (c.compress[section] if section else c.compress)[key] = value
-  if section:
-    c.compress.passes = (section,)
-  with pytest.raises(ValueError) as e:
-    config_lib.resolve(c)
-  assert message in str(e.value) and "\n" not in str(e.value)
