@@ -159,12 +159,36 @@ LATER_KEYS = (("model", "parametrization"), ("model", "mup_base_width"),
 
 
 @pytest.fixture(scope="module")
-def one_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("one") / "w"
+def two_sizes(tmp_path_factory):
+  """The smoke sweep at widths 8 and 16, run through once: (workdir, config)."""
+  workdir = tmp_path_factory.mktemp("two") / "w"
   config = smoke_config()
-  config.sweep.widths = (8,)
+  config.sweep.widths = (8, 16)
   assert _sweep(workdir, config) == "done"
   return workdir, config
+
+
+def test_a_run_with_a_bug_fails_alone_and_a_rerun_retries_it(two_sizes, tmp_path, monkeypatch,
+                                                             caplog):
+  reference, config = two_sizes
+  step = loop.SingleRun.step
+
+  def step_with_a_bug(self, state, steps, active):
+    if self._run.model.width == 8 and steps[0] == 5:
+      raise ValueError("a bug at step 5")  # a ValueError too is a bug, not bad input
+    return step(self, state, steps, active)
+
+  monkeypatch.setattr(loop.SingleRun, "step", step_with_a_bug)
+  workdir = tmp_path / "w"
+  with caplog.at_level(logging.ERROR, logger="jscale"):
+    assert _sweep(workdir, config) == "failed"
+  statuses = {r["label"]: (r["status"], r.get("error")) for r in _results(workdir).values()}
+  assert statuses == {"w8-d1-lr0.003-s0": ("failed", "ValueError: a bug at step 5"),
+                      "w16-d1-lr0.003-s0": ("done", None)}
+  assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ValueError]
+  monkeypatch.undo()
+  assert _sweep(workdir, config) == "done"
+  assert (workdir / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
 
 
 def _as_before_the_later_keys(folder) -> dict:
@@ -175,35 +199,43 @@ def _as_before_the_later_keys(folder) -> dict:
   return stored
 
 
-def test_a_config_json_from_before_mup_and_wsd_still_restores_and_evaluates(one_run, tmp_path):
+def _old_folder(two_sizes, tmp_path):
+  """A copy of the two-size sweep; the width-8 run's folder written before the later
+  keys."""
   workdir = tmp_path / "w"
-  shutil.copytree(one_run[0], workdir)
-  (folder,) = (workdir / "runs").iterdir()
+  shutil.copytree(two_sizes[0], workdir)
+  (folder,) = [f for f in (workdir / "runs").iterdir()
+               if json.loads((f / "config.json").read_text())["model"]["width"] == 8]
+  return workdir, folder
+
+
+def test_a_config_json_from_before_mup_and_wsd_still_restores_and_evaluates(two_sizes,
+                                                                            tmp_path):
+  workdir, folder = _old_folder(two_sizes, tmp_path)
   old = _as_before_the_later_keys(folder)
   run, _ = load_run_spec(folder)
   assert (run.model.parametrization, run.train.cooldown_shape) == ("sp", "1-sqrt")
   record = evaluate_run(folder, data_parallel(1))
   assert record["val_loss"] == pytest.approx(read_result(folder)["val_loss"], rel=1e-6)
-  (planned,) = _plan(one_run[1])
+  (planned,) = [r for r in _plan(two_sizes[1]) if r.run_id == folder.name]
   RunFolder(folder).write_config(planned.config_json)  # the same run: accepted, kept
   assert json.loads((folder / "config.json").read_text()) == old
 
 
-def test_a_sweep_keeps_an_old_finished_run_and_resumes_an_old_unfinished_one(one_run,
+def test_a_sweep_keeps_an_old_finished_run_and_resumes_an_old_unfinished_one(two_sizes,
                                                                              tmp_path):
-  workdir, config = tmp_path / "w", one_run[1]
-  shutil.copytree(one_run[0], workdir)
-  (folder,) = (workdir / "runs").iterdir()
+  reference, config = two_sizes
+  workdir, folder = _old_folder(two_sizes, tmp_path)
   _as_before_the_later_keys(folder)
   before = listing(folder)
   assert _sweep(workdir, config) == "done"
   assert listing(folder) == before  # its id is the planned one: nothing retrained
-  assert (workdir / "results.csv").read_bytes() == (one_run[0] / "results.csv").read_bytes()
+  assert (workdir / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
   (folder / "result.json").unlink()
   assert _sweep(workdir, config) == "done"  # resumes at its last checkpoint: evaluates only
-  assert (workdir / "results.csv").read_bytes() == (one_run[0] / "results.csv").read_bytes()
+  assert (workdir / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
   assert (folder / "metrics.jsonl").read_bytes() == (
-      one_run[0] / "runs" / folder.name / "metrics.jsonl").read_bytes()
+      reference / "runs" / folder.name / "metrics.jsonl").read_bytes()
 
 
 # --- batching ------------------------------------------------------------------------------
