@@ -12,7 +12,12 @@ import sys
 import tempfile
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from experiments.configs import smoke
+from jscale.fit import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs"
@@ -30,6 +35,39 @@ def quiet(progress) -> None:
 def smoke_config():
   """The smoke sweep's config (three tiny LMs, 12 steps each)."""
   return smoke.get_config()
+
+
+def stop_on_call(n: int):
+  """A ``should_stop`` that says stop from its ``n``-th call on (the loop asks once per
+  step, and again before a save)."""
+  calls = []
+
+  def should_stop() -> bool:
+    calls.append(1)
+    return len(calls) >= n
+  return should_stop
+
+
+def law_values(law_name: str, truth: dict, cols: dict) -> np.ndarray:
+  """What the registered law ``law_name`` predicts with parameters ``truth`` (by name) at
+  the covariates ``cols``: noise-free data to fit."""
+  spec = registry.get(law_name)
+  theta = np.array([np.log(truth[n]) if is_log else truth[n]
+                    for n, is_log in zip(spec.natural_names, spec.log_space)])
+  with jax.enable_x64(True):
+    log_x = {c: jnp.asarray(registry.log_covariate(c, cols[c])) for c in spec.covariates}
+    return np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), log_x)))
+
+
+def write_file(path: pathlib.Path, content: str | bytes) -> pathlib.Path:
+  """Writes text or bytes to ``path``, creating its folder."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    path.write_text(content)
+  return path
 
 
 def toy_law_loss(n, d):

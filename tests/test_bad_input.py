@@ -1,4 +1,4 @@
-"""Malformed invocations of the three entry points, and relative paths that must work.
+"""Malformed invocations of the entry points, and relative paths that must work.
 
 Every malformed invocation must end with exit code 2, exactly one non-empty line on
 stderr, no traceback, and no file or folder created or changed in its working folder (a
@@ -27,20 +27,14 @@ from helpers import (
   smoke_config,
   toy_law_loss,
   write_csv,
+  write_file,
 )
 
 # ---------------------------------------------------------------------------------------
 # Inputs the cases write before running.
 
 def _write(name: str, content: str | bytes) -> Callable[[pathlib.Path], None]:
-  def setup(cwd: pathlib.Path) -> None:
-    path = cwd / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-      path.write_bytes(content)
-    else:
-      path.write_text(content)
-  return setup
+  return lambda cwd: write_file(cwd / name, content)
 
 
 def _mkdir(name: str) -> Callable[[pathlib.Path], None]:
@@ -293,7 +287,12 @@ FIT = [
          ("budget",), _sweep()),
 ]
 
-CASES = SWEEP + EVALUATE + FIT
+FETCH = [
+    Case("unknown_corpus", "fetch_data", ("bogus",), ("bogus",)),
+    Case("no_corpus_named", "fetch_data", (), ("name at least one corpus",)),
+]
+
+CASES = SWEEP + EVALUATE + FIT + FETCH
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.module}-{c.name}")

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import train_alone
-from helpers import cli_env, metrics_records, quiet
+from helpers import cli_env, metrics_records, quiet, stop_on_call
 
 from jscale.train import batched, build_run, grouping, train, train_group
 from jscale.train import config as config_lib
@@ -111,14 +111,8 @@ def test_preempted_group_resumes_batched_or_alone(tmp_path, dataset, runs):
   dp = data_parallel(1)
   straight = train_group(runs, dataset, [tmp_path / f"s{i}" for i in range(3)],
                                  dp=dp, progress=[quiet] * 3)
-  calls = []
-
-  def stop_after_four():  # asked once per group step
-    calls.append(1)
-    return len(calls) >= 4
-
   dirs = [tmp_path / f"r{i}" for i in range(3)]
-  first = train_group(runs, dataset, dirs, dp=dp, should_stop=stop_after_four,
+  first = train_group(runs, dataset, dirs, dp=dp, should_stop=stop_on_call(4),
                               progress=[quiet] * 3)
   assert [r["status"] for r in first] == ["preempted"] * 3
   assert [r["step"] for r in first] == [4, 4, 4]

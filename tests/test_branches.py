@@ -5,7 +5,7 @@ its own checkpoints after a kill, and train in a model-batched group like any ru
 import numpy as np
 import pytest
 from conftest import tiny_config
-from helpers import metrics_records, quiet
+from helpers import metrics_records, quiet, stop_on_call
 
 from jscale.train import config as config_lib
 from jscale.train import train, train_group
@@ -75,14 +75,8 @@ def test_a_killed_branch_resumes_from_its_own_checkpoint(trunk, dataset, tmp_pat
   run, dp = _branch_run(dataset, 12, 8), data_parallel(1)
   straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet,
                    start_point=StartPoint(trunk, 8))
-  calls = []
-
-  def stop_after_two():
-    calls.append(1)
-    return len(calls) >= 2
-
   first = train(run, dataset, tmp_path / "killed", dp=dp, progress=quiet,
-                should_stop=stop_after_two, start_point=StartPoint(trunk, 8))
+                should_stop=stop_on_call(2), start_point=StartPoint(trunk, 8))
   assert first == {"status": "preempted", "step": 10}
   again = train(run, dataset, tmp_path / "killed", dp=dp, progress=quiet,
                 start_point=StartPoint(trunk, 4))  # its own step-10 checkpoint wins

@@ -311,15 +311,6 @@ def test_missing_debian_corpus_names_apt(tmp_path, name, package):
 
 # Fetching and the idx reader.
 
-def test_fetch_cli_rejects_an_unknown_corpus_with_exit_2(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.fetch_data", "bogus"], capture_output=True,
-      text=True, env={**os.environ, cache_lib.ENV_VAR: str(tmp_path)}, check=False)
-  assert result.returncode == 2
-  assert result.stderr.strip().count("\n") == 0
-  assert result.stderr.startswith("error:") and "bogus" in result.stderr
-
-
 def test_fetching_a_present_corpus_downloads_nothing(tmp_path, monkeypatch):
   source = _require("digits")
   (tmp_path / "digits").mkdir()

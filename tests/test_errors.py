@@ -174,6 +174,7 @@ def test_a_bug_under_the_sweep_entry_point_exits_1_with_its_traceback(fork_serve
   assert not any(line.startswith("error: ") for line in lines), lines
 
 
+@pytest.mark.slow
 def test_python_m_shows_a_bugs_traceback_and_exits_1(tmp_path):
   outcome, _ = _sweep_with(tmp_path, BUGS["value_error"][0], run_module)
   assert outcome.returncode == 1, outcome.stderr[-3000:]

@@ -110,6 +110,7 @@ def stop_step(stdout: str) -> int:
   return int(stdout.split("stopped after step ")[1].split()[0])
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_after_the_same_step():
   procs = start()
   wait_for_line(procs[1], "step 3")  # both past compilation, inside the loop

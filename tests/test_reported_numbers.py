@@ -9,9 +9,6 @@ the training loop.
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import time
 
 import jax
@@ -28,9 +25,6 @@ from jscale.train import config as config_lib
 from jscale.train import loop, train, train_group
 from jscale.train.restore import restore_params
 from jscale.train.sharding import data_parallel
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # A Chinchilla law and a FLOP rule other than 6ND (jscale's own rule is 1.25-2.9x 6ND).
 LAW = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
@@ -96,28 +90,26 @@ def test_sweep_isoflop_section_uses_the_runs_tokens(tmp_path):
   _assert_frontier(iso["d_opt"], _true_d_opt)
 
 
-def _cli(tmp_path, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "experiments.fit", *args, "--bootstrap=0",
-                         f"--out={tmp_path / 'fit.json'}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+def _cli(fork_server, tmp_path, *args):
+  return fork_server.run("experiments.fit", [*args, "--bootstrap=0",
+                                             f"--out={tmp_path / 'fit.json'}"], tmp_path)
 
 
-def test_cli_isoflop_on_budget_tokens_loss(tmp_path):
+def test_cli_isoflop_on_budget_tokens_loss(fork_server, tmp_path):
   """Llama 3's IsoFLOP data has no parameter column: D* is a parabola in log D."""
   cols = _isoflop_profiles()
   np.savetxt(tmp_path / "llama.csv", np.stack([cols["C"], cols["D"], cols["loss"]], 1),
              delimiter=",", header="budget,tokens,loss", comments="")
-  proc = _cli(tmp_path, f"--csv={tmp_path / 'llama.csv'}", "--law=isoflop", "--c_col=budget",
-              "--d_col=tokens", "--loss_col=loss")
+  proc = _cli(fork_server, tmp_path, f"--csv={tmp_path / 'llama.csv'}", "--law=isoflop",
+              "--c_col=budget", "--d_col=tokens", "--loss_col=loss")
   assert proc.returncode == 0, proc.stderr
   _assert_frontier(json.loads((tmp_path / "fit.json").read_text())["d_opt"], _true_d_opt)
 
 
-def test_cli_c_col_on_a_jscale_table_cannot_derive_d_from_6n(tmp_path):
+def test_cli_c_col_on_a_jscale_table_cannot_derive_d_from_6n(fork_server, tmp_path):
   """jscale's FLOPs are not 6ND: deriving the token count from them is refused."""
   _write_results_csv(tmp_path / "results.csv", budgets=False)
-  proc = _cli(tmp_path, f"--csv={tmp_path / 'results.csv'}", "--law=chinchilla",
+  proc = _cli(fork_server, tmp_path, f"--csv={tmp_path / 'results.csv'}", "--law=chinchilla",
               "--c_col=flops", "--n_col=params_non_embedding", "--loss_col=val_loss")
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

@@ -88,6 +88,7 @@ def test_isoflop_profiles_draw_the_budgeted_points_only(tmp_path, monkeypatch):
   assert _drawn_rows(tmp_path, monkeypatch)["isoflop"] == {"a", "b", "c", "u"}
 
 
+@pytest.mark.slow
 def test_fit_of_a_workdir_redraws_every_sweep_plot(tmp_path, fork_server):
   widths = (16, 24, 32, 48, 64, 96, 128, 192)
   for i, width in enumerate(widths):

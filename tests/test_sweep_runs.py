@@ -46,6 +46,24 @@ def _plan(config) -> list[plan_lib.PlannedRun]:
                             runner.data_lib.load(config_lib.data_spec(config)))
 
 
+def _bug_in_training(monkeypatch, when, error: Exception) -> None:
+  """Training step 5 of the runs ``when(run_spec)`` selects raises ``error``, a bug deep in
+  training (after the run wrote its config.json)."""
+  step = loop.SingleRun.step
+
+  def step_with_a_bug(self, state, steps, active):
+    if when(self._run) and steps[0] == 5:
+      raise error
+    return step(self, state, steps, active)
+
+  monkeypatch.setattr(loop.SingleRun, "step", step_with_a_bug)
+
+
+def _failing_sweep(workdir, config, caplog) -> str:
+  with caplog.at_level(logging.ERROR, logger="jscale"):
+    return _sweep(workdir, config)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   """The trunk sweep run through once: its workdir."""
@@ -71,17 +89,10 @@ def test_a_failed_trunk_fails_its_branches_and_a_rerun_retries_them(uninterrupte
   runs = _plan(config)
   (trunk,) = [r for r in runs if r.is_trunk and r.spec.train.seed == 0]
   branches = {r.run_id for r in runs if r.trunk_id == trunk.run_id}
-  step = loop.SingleRun.step
-
-  def step_with_a_bug(self, state, steps, active):
-    if self._run.train.schedule == "constant" and self._run.train.seed == 0 and steps[0] == 5:
-      raise RuntimeError("a bug in the trunk's code")
-    return step(self, state, steps, active)
-
-  monkeypatch.setattr(loop.SingleRun, "step", step_with_a_bug)
+  _bug_in_training(monkeypatch, lambda run: run.train.schedule == "constant"
+                   and run.train.seed == 0, RuntimeError("a bug in the trunk's code"))
   workdir = tmp_path / "w"
-  with caplog.at_level(logging.ERROR, logger="jscale"):
-    assert _sweep(workdir, config) == "failed"
+  assert _failing_sweep(workdir, config, caplog) == "failed"
   results = _results(workdir)
   assert results[trunk.run_id]["status"] == "failed"
   assert results[trunk.run_id]["error"] == "RuntimeError: a bug in the trunk's code"
@@ -171,17 +182,10 @@ def two_sizes(tmp_path_factory):
 def test_a_run_with_a_bug_fails_alone_and_a_rerun_retries_it(two_sizes, tmp_path, monkeypatch,
                                                              caplog):
   reference, config = two_sizes
-  step = loop.SingleRun.step
-
-  def step_with_a_bug(self, state, steps, active):
-    if self._run.model.width == 8 and steps[0] == 5:
-      raise ValueError("a bug at step 5")  # a ValueError too is a bug, not bad input
-    return step(self, state, steps, active)
-
-  monkeypatch.setattr(loop.SingleRun, "step", step_with_a_bug)
+  # A ValueError too is a bug, not bad input.
+  _bug_in_training(monkeypatch, lambda run: run.model.width == 8, ValueError("a bug at step 5"))
   workdir = tmp_path / "w"
-  with caplog.at_level(logging.ERROR, logger="jscale"):
-    assert _sweep(workdir, config) == "failed"
+  assert _failing_sweep(workdir, config, caplog) == "failed"
   statuses = {r["label"]: (r["status"], r.get("error")) for r in _results(workdir).values()}
   assert statuses == {"w8-d1-lr0.003-s0": ("failed", "ValueError: a bug at step 5"),
                       "w16-d1-lr0.003-s0": ("done", None)}

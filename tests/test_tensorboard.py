@@ -8,7 +8,7 @@ import struct
 
 import pytest
 from conftest import tiny_config
-from helpers import quiet
+from helpers import quiet, stop_on_call
 from tensorboardX.proto import event_pb2
 
 from jscale.train import config as config_lib
@@ -94,13 +94,7 @@ def test_resumed_run_has_each_step_once_and_every_step(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(log_every=3), dataset)
   dp = data_parallel(1)
   train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet)
-  calls = []
-
-  def stop_after_six():
-    calls.append(1)
-    return len(calls) > 7
-
-  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_after_six,
+  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_on_call(8),
                 progress=quiet)
   assert first["status"] == "preempted"
   # Preempted at its step-8 checkpoint; the resumed process appends steps 9..12 (a kill

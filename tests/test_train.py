@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config, train_alone
-from helpers import metrics_records, quiet
+from helpers import metrics_records, quiet, stop_on_call
 
 from jscale import data as data_lib
 from jscale.train import config as config_lib
@@ -77,13 +77,7 @@ def test_preempted_run_resumes_bit_for_bit(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(), dataset)
   dp = data_parallel(1)
   straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet)
-  calls = []
-
-  def stop_after_six():  # the loop asks once or twice per step
-    calls.append(1)
-    return len(calls) > 7
-
-  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_after_six,
+  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_on_call(8),
                 progress=quiet)
   assert first["status"] == "preempted" and first["step"] < 12
   resumed = train(run, dataset, tmp_path / "resumed", dp=dp, progress=quiet)

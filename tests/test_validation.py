@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import tiny_config
-from helpers import CONFIGS, smoke_config
+from helpers import CONFIGS, smoke_config, write_file
 
 from experiments import cli
 from experiments.configs import lm_default, lm_isoflop
@@ -378,11 +378,7 @@ CONFIG_FILES = {
 @pytest.mark.parametrize("name", sorted(CONFIG_FILES))
 def test_a_config_file_that_cannot_load_is_named_with_its_cause(tmp_path, name):
   content, needles = CONFIG_FILES[name]
-  path = tmp_path / "c.py"
-  if isinstance(content, bytes):
-    path.write_bytes(content)
-  else:
-    path.write_text(content)
+  path = write_file(tmp_path / "c.py", content)
   with pytest.raises(BadInput) as e:
     cli.load_config_file(str(path))
   assert_one_line(e.value, f"--config file {path}", *needles)
