@@ -229,20 +229,13 @@ def test_the_first_structure_difference_is_named():
   assert structure_difference(saved, saved) is None
   assert structure_difference(saved, {"params": {"a": f32(2, 4), "b": f32(3)}}) == (
       "params/a was saved as float32[2, 3], this code builds float32[2, 4]")
+  # The code's state in its own order first, then what only the checkpoint holds.
   assert structure_difference(saved, {"params": {"a": f32(2, 3), "c": f32(3)}}) == (
+      "params/c is missing from the checkpoint")
+  assert structure_difference(saved, {"params": {"a": f32(2, 3)}}) == (
       "params/b is in the checkpoint but not in this code's state")
   assert structure_difference(saved, {"params": {"a": f32(2, 3), "b": f32(3), "c": f32(1)}}
                               ) == "params/c is missing from the checkpoint"
-
-
-# jscale bug: Checkpointer._check_structure reads ``item_metadata(step)["state"]``, which
-# orbax returns as None until the manager has saved or restored once (it was created with
-# item_names but no item_handlers), so the newest checkpoint is never checked: its restore
-# fails inside orbax, that error is taken for damage and the checkpoint is moved to
-# checkpoints.damaged/; only the next, older one is recognised as a mismatch.
-STRUCTURE_CHECK_SKIPPED = pytest.mark.xfail(
-    strict=True, reason="jscale bug: the newest checkpoint's structure is not checked (orbax "
-    "item_metadata is None on a fresh CheckpointManager) and it is set aside as damaged")
 
 
 # How a renamed parameter is named: the old path or the new one, whichever sorts first.
@@ -258,7 +251,6 @@ def _renamed_first_param(state):
   return state.replace(params=params)
 
 
-@STRUCTURE_CHECK_SKIPPED
 def test_a_renamed_parameter_stops_the_restore_and_moves_nothing(tmp_path, run, reference):
   folder = tmp_path / "run"
   shutil.copytree(reference[0], folder)
@@ -273,7 +265,6 @@ def test_a_renamed_parameter_stops_the_restore_and_moves_nothing(tmp_path, run, 
   assert listing(folder) == before and not (folder / "checkpoints.damaged").exists()
 
 
-@STRUCTURE_CHECK_SKIPPED
 def test_resuming_with_code_of_another_state_stops_and_keeps_every_checkpoint(
     tmp_path, run, dataset, reference):
   """The run's own config, trained by code that builds every kernel wider: the resume
@@ -319,7 +310,6 @@ def get_config():
 
 
 @pytest.mark.slow
-@STRUCTURE_CHECK_SKIPPED
 def test_a_sweep_resumed_by_code_of_another_state_is_one_line_exit_2(tmp_path):
   workdir = tmp_path / "w"
   c = smoke_config()

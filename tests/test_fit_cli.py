@@ -2,13 +2,11 @@
 input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from conftest import require_data
+from helpers import ROOT, run_module, toy_law_loss, write_csv
 
 from jscale import fit as fit_lib
 from jscale.fit import allocation, table
@@ -16,29 +14,20 @@ from jscale.sweep import analysis, report
 from tests.test_fit_compression import t5_points
 from tests.test_fit_data import CHINCHILLA_CSV, epoch_points
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = ROOT
 
 
 def _run(*args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def _write_csv(path, header, rows):
-  with open(path, "w") as f:
-    f.write(",".join(header) + "\n")
-    for row in rows:
-      f.write(",".join(str(v) for v in row) + "\n")
+  return run_module("experiments.fit", list(args), cwd, timeout=600)
 
 
 def _sweep_csv(path, tokens, n_values, extra_rows=()):
   rows = []
   for i, (n, d) in enumerate(zip(n_values, tokens)):
-    loss = 1.7 + 400 / n**0.34 + 410 / d**0.28
+    loss = toy_law_loss(n, d)
     rows.append([i, "done", "lm", 64, 2, n * 1.2, n, d, 6 * n * d, loss, loss])
   rows.extend(extra_rows)
-  _write_csv(path, ["run_id", "status", "family", "width", "depth", "params_total",
+  write_csv(path, ["run_id", "status", "family", "width", "depth", "params_total",
                     "params_non_embedding", "tokens", "flops", "train_loss", "val_loss"], rows)
 
 
@@ -123,7 +112,7 @@ def test_extrapolation_check_reports_held_out_error():
 
 def _t5_csv(path):
   data = t5_points()  # skips without the shared data
-  _write_csv(path, ["sparsity", "nonzero_millions", "steps_1e5", "loss"],
+  write_csv(path, ["sparsity", "nonzero_millions", "steps_1e5", "loss"],
              zip(data["S"], data["N"], data["D"], data["loss"]))
 
 

@@ -112,9 +112,6 @@ def test_fit_of_a_workdir_redraws_every_sweep_plot(tmp_path, fork_server):
   assert json.loads((tmp_path / "fit.json").read_text())["n_points"] == len(widths) + 1
 
 
-@pytest.mark.xfail(strict=True, reason="jscale bug: loss_vs_compute.png of runs without eval "
-                   "records (a results.csv fitted without its run folders) raises matplotlib's "
-                   "ValueError: Data cannot be log-scaled")
 def test_a_results_table_without_its_run_folders_still_draws(tmp_path):
   test_best_per_point_keeps_the_best_rate_of_each_shape_and_length(tmp_path)
   results.write_results_csv(tmp_path, "best_per_point")

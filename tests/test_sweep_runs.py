@@ -72,17 +72,6 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-# jscale bug: a run failed without training (its trunk failed or never came, or a bug
-# before its training started) gets a result.json but no config.json
-# (runner._train_unit / _failed call RunFolder.write_failure only), and rebuilding
-# results.csv (results.collect -> folder.read_config) then stops the whole sweep with
-# BadInput "run folder ... has no config.json; is it a trained jscale run?" (exit 2).
-FAILURES_WITHOUT_CONFIG = pytest.mark.xfail(
-    strict=True, reason="jscale bug: a branch failed for its trunk has result.json but no "
-    "config.json, and results.csv's rebuild stops the sweep with BadInput")
-
-
-@FAILURES_WITHOUT_CONFIG
 def test_a_failed_trunk_fails_its_branches_and_a_rerun_retries_them(uninterrupted, tmp_path,
                                                                     monkeypatch, caplog):
   config = _trunk_config()
@@ -129,7 +118,7 @@ def test_wait_for_gives_up_at_the_timeout_on_a_fake_clock(tmp_path):
   trunk.write_result({"status": "done"})
   assert wait_for(tmp_path, run, run.trunk_id, "trunk", timeout=1.0, clock=lambda: now[0],
                   sleep=sleep) is None
-  trunk.write_failure("ValueError: boom")
+  trunk.write_result({"status": "failed", "error": "ValueError: boom"})
   assert wait_for(tmp_path, run, run.trunk_id, "teacher", timeout=1.0, clock=lambda: now[0],
                   sleep=sleep) == f"its teacher {run.trunk_id} ended failed: ValueError: boom"
   assert slept == [10.0, 10.0, 5.0]  # a source that has ended is not waited for
@@ -145,7 +134,6 @@ def _orphaned_branch(workdir):
   return _sweep(workdir, config, worker=(1, 2)), runs[0], runs[1]
 
 
-@FAILURES_WITHOUT_CONFIG
 def test_a_branch_whose_trunk_never_comes_fails_naming_it(tmp_path):
   _, trunk, branch = _orphaned_branch(tmp_path / "w")
   assert _results(tmp_path / "w") == {branch.run_id: {
@@ -155,8 +143,6 @@ def test_a_branch_whose_trunk_never_comes_fails_naming_it(tmp_path):
                 "(is the worker that trains it running?)")}}
 
 
-@pytest.mark.xfail(strict=True, reason="jscale bug: run_sweep returns 'waiting' (exit 0) "
-                   "before counting this worker's failed runs, so no worker reports them")
 def test_a_worker_whose_run_failed_says_so_while_others_are_unfinished(tmp_path):
   assert _orphaned_branch(tmp_path / "w")[0] == "failed"
 
