@@ -305,13 +305,12 @@ def test_malformed_invocation_is_one_line_exit_2_and_writes_nothing(fork_server,
   assert_refused(outcome, case.needles, before, tmp_path)
 
 
-# One in the fast tier; each entry point under `-m slow`.
-REAL_SUBPROCESS = ["sweep:config_syntax_error",
-                   *(pytest.param(key, marks=pytest.mark.slow) for key in (
-                       "sweep:width_under_lm_default", "evaluate:step_negative",
-                       "fit:csv_header_only"))]
+# Each entry point once; plain subprocesses cost ~3 s each, so they run under `-m slow`.
+REAL_SUBPROCESS = ["sweep:config_syntax_error", "sweep:width_under_lm_default",
+                   "evaluate:step_negative", "fit:csv_header_only"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", REAL_SUBPROCESS)
 def test_plain_python_m_agrees_with_the_fork_server(tmp_path, key):
   case = next(c for c in CASES if f"{c.module}:{c.name}" == key)
@@ -348,9 +347,9 @@ READ_ONLY = [
 ]
 
 
-@pytest.mark.parametrize("module,args,needles,setup", [
-    pytest.param(*case, id=f"{case[0]}-{i}", marks=[pytest.mark.slow] if i else [])
-    for i, case in enumerate(READ_ONLY)])
+@pytest.mark.slow
+@pytest.mark.parametrize("module,args,needles,setup", READ_ONLY,
+                         ids=[f"{m}-{i}" for i, (m, *_) in enumerate(READ_ONLY)])
 def test_read_only_storage_is_one_line(tmp_path, module, args, needles, setup):
   """As root chmod does not stop writes: a read-only bind mount in a private mount
   namespace does."""
