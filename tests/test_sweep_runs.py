@@ -11,8 +11,9 @@ import shutil
 import pytest
 from helpers import listing, smoke_config
 
+from jscale import data as data_lib
 from jscale.models import flops as flops_lib
-from jscale.sweep import batching, runner
+from jscale.sweep import batching
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import spec as spec_lib
 from jscale.sweep.runner import SweepOptions, run_sweep, wait_for
@@ -43,7 +44,7 @@ def _results(workdir) -> dict[str, dict]:
 
 def _plan(config) -> list[plan_lib.PlannedRun]:
   return plan_lib.plan_runs(config, spec_lib.sweep_spec(config.sweep),
-                            runner.data_lib.load(config_lib.data_spec(config)))
+                            data_lib.load(config_lib.data_spec(config)))
 
 
 def _bug_in_training(monkeypatch, when, error: Exception) -> None:
