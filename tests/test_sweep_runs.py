@@ -75,21 +75,23 @@ def uninterrupted(tmp_path_factory):
 
 def test_a_failed_trunk_fails_its_branches_and_a_rerun_retries_them(uninterrupted, tmp_path,
                                                                     monkeypatch, caplog):
+  """A bug (a ValueError: library code's ValueError is no user error) in one trunk's
+  training fails that trunk and its branches; the other seed's runs finish."""
   config = _trunk_config()
   runs = _plan(config)
   (trunk,) = [r for r in runs if r.is_trunk and r.spec.train.seed == 0]
   branches = {r.run_id for r in runs if r.trunk_id == trunk.run_id}
   _bug_in_training(monkeypatch, lambda run: run.train.schedule == "constant"
-                   and run.train.seed == 0, RuntimeError("a bug in the trunk's code"))
+                   and run.train.seed == 0, ValueError("a bug in the trunk's code"))
   workdir = tmp_path / "w"
   assert _failing_sweep(workdir, config, caplog) == "failed"
   results = _results(workdir)
   assert results[trunk.run_id]["status"] == "failed"
-  assert results[trunk.run_id]["error"] == "RuntimeError: a bug in the trunk's code"
+  assert results[trunk.run_id]["error"] == "ValueError: a bug in the trunk's code"
   for run_id in branches:
     assert results[run_id]["status"] == "failed"
     assert results[run_id]["error"] == (f"its trunk {trunk.run_id} ended failed: "
-                                        "RuntimeError: a bug in the trunk's code")
+                                        "ValueError: a bug in the trunk's code")
   others = set(results) - branches - {trunk.run_id}
   assert len(others) == 3 and all(results[r]["status"] == "done" for r in others)
   bug = [r for r in caplog.records if r.exc_info and "a bug in the trunk" in str(r.exc_info[1])]
@@ -156,32 +158,6 @@ LATER_KEYS = (("model", "parametrization"), ("model", "mup_base_width"),
               ("train", "cooldown_fraction"), ("train", "cooldown_shape"))
 
 
-@pytest.fixture(scope="module")
-def two_sizes(tmp_path_factory):
-  """The smoke sweep at widths 8 and 16, run through once: (workdir, config)."""
-  workdir = tmp_path_factory.mktemp("two") / "w"
-  config = smoke_config()
-  config.sweep.widths = (8, 16)
-  assert _sweep(workdir, config) == "done"
-  return workdir, config
-
-
-def test_a_run_with_a_bug_fails_alone_and_a_rerun_retries_it(two_sizes, tmp_path, monkeypatch,
-                                                             caplog):
-  reference, config = two_sizes
-  # A ValueError too is a bug, not bad input.
-  _bug_in_training(monkeypatch, lambda run: run.model.width == 8, ValueError("a bug at step 5"))
-  workdir = tmp_path / "w"
-  assert _failing_sweep(workdir, config, caplog) == "failed"
-  statuses = {r["label"]: (r["status"], r.get("error")) for r in _results(workdir).values()}
-  assert statuses == {"w8-d1-lr0.003-s0": ("failed", "ValueError: a bug at step 5"),
-                      "w16-d1-lr0.003-s0": ("done", None)}
-  assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ValueError]
-  monkeypatch.undo()
-  assert _sweep(workdir, config) == "done"
-  assert (workdir / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
-
-
 def _as_before_the_later_keys(folder) -> dict:
   stored = json.loads((folder / "config.json").read_text())
   for section, key in LATER_KEYS:
@@ -190,33 +166,32 @@ def _as_before_the_later_keys(folder) -> dict:
   return stored
 
 
-def _old_folder(two_sizes, tmp_path):
-  """A copy of the two-size sweep; the width-8 run's folder written before the later
-  keys."""
+def _old_folder(uninterrupted, tmp_path):
+  """A copy of the trunk sweep and the folder in it of a run (seed 1's constant-rate trunk)
+  as a jscale before the later keys would have written it."""
   workdir = tmp_path / "w"
-  shutil.copytree(two_sizes[0], workdir)
-  (folder,) = [f for f in (workdir / "runs").iterdir()
-               if json.loads((f / "config.json").read_text())["model"]["width"] == 8]
-  return workdir, folder
+  shutil.copytree(uninterrupted, workdir)
+  (trunk,) = [r for r in _plan(_trunk_config()) if r.is_trunk and r.spec.train.seed == 1]
+  return workdir, workdir / "runs" / trunk.run_id
 
 
-def test_a_config_json_from_before_mup_and_wsd_still_restores_and_evaluates(two_sizes,
+def test_a_config_json_from_before_mup_and_wsd_still_restores_and_evaluates(uninterrupted,
                                                                             tmp_path):
-  workdir, folder = _old_folder(two_sizes, tmp_path)
+  _, folder = _old_folder(uninterrupted, tmp_path)
   old = _as_before_the_later_keys(folder)
   run, _ = load_run_spec(folder)
   assert (run.model.parametrization, run.train.cooldown_shape) == ("sp", "1-sqrt")
   record = evaluate_run(folder, data_parallel(1))
   assert record["val_loss"] == pytest.approx(read_result(folder)["val_loss"], rel=1e-6)
-  (planned,) = [r for r in _plan(two_sizes[1]) if r.run_id == folder.name]
+  (planned,) = [r for r in _plan(_trunk_config()) if r.run_id == folder.name]
   RunFolder(folder).write_config(planned.config_json)  # the same run: accepted, kept
   assert json.loads((folder / "config.json").read_text()) == old
 
 
-def test_a_sweep_keeps_an_old_finished_run_and_resumes_an_old_unfinished_one(two_sizes,
+def test_a_sweep_keeps_an_old_finished_run_and_resumes_an_old_unfinished_one(uninterrupted,
                                                                              tmp_path):
-  reference, config = two_sizes
-  workdir, folder = _old_folder(two_sizes, tmp_path)
+  reference, config = uninterrupted, _trunk_config()
+  workdir, folder = _old_folder(uninterrupted, tmp_path)
   _as_before_the_later_keys(folder)
   before = listing(folder)
   assert _sweep(workdir, config) == "done"
