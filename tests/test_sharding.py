@@ -2,15 +2,13 @@
 per-device memory, equality with one device, and the bad meshes."""
 
 import math
-import pathlib
-import subprocess
-import sys
 import types
 
 import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from helpers import run_command, sweep_command
 from jax.sharding import PartitionSpec as P
 
 from experiments.configs import smoke
@@ -109,11 +107,6 @@ def test_undivided_and_small_dimensions_stay_replicated():
   # Under shard_min_bytes every array stays whole: the up kernel is 16 x 64 x 4 bytes.
   small = _specs(spec, (1, 8, 1), shard_min_bytes=16 * 64 * 4 + 1)
   assert small["block_0/mlp/up/kernel"] == P() and small["head/kernel"] == P("fsdp")
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
 
 
 def _features_run(dataset, passes=("prune", "qat")):
@@ -334,12 +327,8 @@ def test_the_mesh_is_no_part_of_a_run_and_its_folder_accepts_another(tmp_path):
 
 @pytest.mark.slow
 def test_the_dry_run_shows_the_compiled_steps_memory_on_the_mesh(tmp_path):
-  done = subprocess.run(
-      [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/smoke.py",
-       f"--workdir={tmp_path / 'w'}", "--dry_run", "--config.train.mesh=(1,-1,1)",
-       "--config.train.shard_min_bytes=0", "--compilation_cache="],
-      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
-      timeout=300, check=False)
+  done = run_command(sweep_command(tmp_path / "w", "--dry_run", "--config.train.mesh=(1,-1,1)",
+                                   "--config.train.shard_min_bytes=0", cache=""))
   assert done.returncode == 0, done.stderr[-3000:]
   assert "on the mesh (data=1, fsdp=8, tensor=1): XLA's compiled step holds" in (
       done.stdout + done.stderr)

@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT, cli_env
 from test_multihost import (
-  ROOT,
   SWEEP_STEPS,
   SWEEP_TIMEOUT,
-  _env,
   _sweep_command,
   finish,
   free_port,
@@ -33,13 +32,13 @@ def in_two(command: list[str]) -> list[tuple[int, str, str]]:
   """``command`` as a job of 2 processes with 2 devices each: (exit code, stdout, stderr)
   of each."""
   port = free_port()
-  return finish([subprocess.Popen(command + _distributed(port, i), cwd=ROOT, env=_env(2),
+  return finish([subprocess.Popen(command + _distributed(port, i), cwd=ROOT, env=cli_env(2),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i in range(2)], limit=180)
 
 
 def in_one(command: list[str], devices: int) -> subprocess.CompletedProcess:
-  return subprocess.run(command, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
+  return subprocess.run(command, cwd=ROOT, env=cli_env(devices), capture_output=True, text=True,
                         timeout=180)
 
 

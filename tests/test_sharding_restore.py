@@ -11,7 +11,6 @@ import pytest
 from conftest import tiny_config
 from jax.sharding import PartitionSpec as P
 
-from jscale import data as data_lib
 from jscale.train import config as config_lib
 from jscale.train import sharding, train
 from jscale.train.checkpoint import Checkpointer
@@ -23,11 +22,6 @@ PREEMPTED_AT = 8
 
 def layout(mesh, num_devices: int = 0) -> sharding.Layout:
   return sharding.make_layout(sharding.LayoutSpec(mesh, shard_min_bytes=0), num_devices)
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 input (one line, exit 2, nothing written), a tokenize killed by SIGKILL and rerun, and
 tokenize -> sweep -> evaluate on the token folder, then a sweep refused on a changed corpus.
 
-The bad-input table runs in children of the fork server of test_bad_input.py (JAX imported
+The bad-input table runs in children of the fork server (conftest.py; JAX imported
 once); the kill and end-to-end cases are real ``python -m`` subprocesses.
 """
 
@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 import tokenizers
-from conftest import missing_data
-from test_bad_input import ROOT, ForkServer, assert_refused, listing, run_subprocess
+from conftest import missing_requirement
+from helpers import ROOT, assert_refused, cli_env, listing, run_module
 
 from jscale.data import cache as cache_lib
 from jscale.data import token_build
@@ -109,19 +109,12 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-  s = ForkServer(tmp_path_factory.mktemp("server"))
-  yield s
-  s.close()
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_tokenize_input_is_one_line_exit_2_and_writes_nothing(server, tmp_path, name):
+def test_bad_tokenize_input_is_one_line_exit_2_and_writes_nothing(fork_server, tmp_path, name):
   args, needle, setup = CASES[name]
   setup(tmp_path)
   before = listing(tmp_path)
-  outcome = server.run("experiments.tokenize", list(args), tmp_path)
+  outcome = fork_server.run("experiments.tokenize", list(args), tmp_path)
   assert_refused(outcome, (needle,), before, tmp_path)
 
 
@@ -139,12 +132,12 @@ SWEEP_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(SWEEP_CASES))
-def test_a_sweep_on_a_bad_token_folder_is_refused_at_start(server, tmp_path, name):
+def test_a_sweep_on_a_bad_token_folder_is_refused_at_start(fork_server, tmp_path, name):
   args, needle, setup = SWEEP_CASES[name]
   setup(tmp_path)
   (tmp_path / "lm_bpe.py").write_text((ROOT / "experiments/configs/lm_bpe.py").read_text())
   before = listing(tmp_path)
-  outcome = server.run("experiments.sweep", list(args), tmp_path)
+  outcome = fork_server.run("experiments.sweep", list(args), tmp_path)
   assert_refused(outcome, (needle,), before, tmp_path)
 
 
@@ -158,28 +151,26 @@ def _texts(folder: pathlib.Path, files: int, megabytes: float) -> None:
     (folder / f"{i:03d}.txt").write_text(" ".join(rng.choice(words, n)) + f" end{i}")
 
 
-def _gpt2_available(monkeypatch) -> None:
-  # The subprocesses import this checkout's code, wherever the package is installed from.
-  monkeypatch.setenv("PYTHONPATH", str(ROOT))
+def _gpt2_available() -> None:
   try:
     cache_lib.pip_file("gpt2", cache_lib.cache_dir())
   except ValueError as e:
-    missing_data(str(e))
+    missing_requirement(str(e))
 
 
 @pytest.mark.slow
-def test_a_tokenize_killed_midway_and_rerun_writes_the_same_shards(tmp_path, monkeypatch):
-  _gpt2_available(monkeypatch)
+def test_a_tokenize_killed_midway_and_rerun_writes_the_same_shards(tmp_path):
+  _gpt2_available()
   _texts(tmp_path / "in", files=24, megabytes=1)
   args = ["--input=in/*.txt", "--tokenizer=gpt2", "--validation_fraction=0.2", "--unit_mb=1"]
-  reference = run_subprocess("experiments.tokenize", [*args, "--out=reference", "--workers=1"],
+  reference = run_module("experiments.tokenize", [*args, "--out=reference", "--workers=1"],
                              tmp_path)
   assert reference.returncode == 0, reference.stderr
   command = [sys.executable, "-m", "experiments.tokenize", *args, "--out=killed",
              "--workers=2"]
   proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          env=cli_env())
   partial = tmp_path / "killed" / corpus_lib.PARTIAL
   deadline = time.monotonic() + 300
   while not list(partial.glob("unit-*.json")) and time.monotonic() < deadline:
@@ -187,7 +178,7 @@ def test_a_tokenize_killed_midway_and_rerun_writes_the_same_shards(tmp_path, mon
   os.killpg(proc.pid, signal.SIGKILL)  # the whole job: the CLI and its workers
   proc.wait()
   assert not (tmp_path / "killed" / "manifest.json").exists(), "finished before the kill"
-  rerun = run_subprocess("experiments.tokenize", [*args, "--out=killed", "--workers=2"],
+  rerun = run_module("experiments.tokenize", [*args, "--out=killed", "--workers=2"],
                          tmp_path)
   assert rerun.returncode == 0, rerun.stderr
   names = sorted(os.listdir(tmp_path / "reference"))
@@ -198,19 +189,19 @@ def test_a_tokenize_killed_midway_and_rerun_writes_the_same_shards(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_tokenize_then_sweep_then_evaluate_on_tokens(tmp_path, monkeypatch):
-  _gpt2_available(monkeypatch)
+def test_tokenize_then_sweep_then_evaluate_on_tokens(tmp_path):
+  _gpt2_available()
   _texts(tmp_path / "in", files=30, megabytes=0.05)
   tokenize = ["--input=in/*.txt", "--tokenizer=gpt2", "--validation_fraction=0.3"]
-  done = run_subprocess("experiments.tokenize", [*tokenize, "--out=tokens"], tmp_path)
+  done = run_module("experiments.tokenize", [*tokenize, "--out=tokens"], tmp_path)
   assert done.returncode == 0, done.stderr
   assert "tokens/s" in done.stdout and "ETA" in done.stdout or "done in" in done.stdout
   config = str(ROOT / "experiments/configs/lm_bpe.py") + ":smoke"
   sweep = ["--config=" + config, "--workdir=wd", "--config.data.tokens_dir=tokens",
            "--config.sweep.widths=(8,16)", "--nofit"]
-  done = run_subprocess("experiments.sweep", sweep, tmp_path)
+  done = run_module("experiments.sweep", sweep, tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
-  done = run_subprocess("experiments.evaluate", ["--workdir=wd"], tmp_path)
+  done = run_module("experiments.evaluate", ["--workdir=wd"], tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
   manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
   rows = (tmp_path / "wd" / "results.csv").read_text().splitlines()
@@ -227,10 +218,10 @@ def test_tokenize_then_sweep_then_evaluate_on_tokens(tmp_path, monkeypatch):
     assert result["data"]["vocab_size"] == 50257
   # The same workdir on a changed corpus: refused in one line, nothing trained.
   (tmp_path / "in" / "000.txt").write_text("a different first document")
-  done = run_subprocess("experiments.tokenize", [*tokenize, "--out=tokens2"], tmp_path)
+  done = run_module("experiments.tokenize", [*tokenize, "--out=tokens2"], tmp_path)
   assert done.returncode == 0, done.stderr
   before = listing(tmp_path / "wd")
-  refused = run_subprocess("experiments.sweep", [*sweep[:2], "--config.data.tokens_dir=tokens2",
+  refused = run_module("experiments.sweep", [*sweep[:2], "--config.data.tokens_dir=tokens2",
                                                  *sweep[3:]], tmp_path)
   assert refused.returncode == 2 and "data.content_sha256" in refused.stderr, refused.stderr
   assert len(refused.stderr.strip().splitlines()) == 1

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tiktoken
 import tokenizers
-from conftest import missing_data, tiny_config
+from conftest import missing_requirement, tiny_config
 
 from jscale import data as data_lib
 from jscale.data import cache as cache_lib
@@ -256,7 +256,7 @@ def test_bpe_ids_equal_tiktokens_reference(name, tmp_path, monkeypatch):
   try:
     stored = cache_lib.pip_file(name, cache_lib.cache_dir())
   except ValueError as e:
-    missing_data(str(e))
+    missing_requirement(str(e))
   reference_name, blob = TIKTOKEN_URLS[name]
   url = f"https://openaipublic.blob.core.windows.net/{blob}"
   ranks = stored.read_bytes()
