@@ -32,15 +32,8 @@ def test_every_benchmark_is_checked():
       p.name for p in BENCHMARKS}
 
 
-# Bug in benchmarks/train_throughput.py: its last line holds model=<width>x<depth>
-# (e.g. "model=32x1"), which is not a number.
-_NOT_NUMBERS = {"train_throughput": "benchmarks/train_throughput.py ends with model=32x1"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=p.stem, marks=[pytest.mark.xfail(strict=True, reason=_NOT_NUMBERS[p.stem])]
-                 if p.stem in _NOT_NUMBERS else []) for p in BENCHMARKS])
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
 def test_benchmark_smoke_ends_with_numbers(path):
   done = run_command([sys.executable, str(path), "--smoke"], timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
