@@ -1,7 +1,9 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make sweep   - the default sweep end to end (train, checkpoint, fit, plot) on CPU
 #   make test    - the README's own commands on a small sweep, then the whole test suite
-# Both run from the repository root with relative paths, exactly as README.md shows them.
+#   make tokens  - GPT-2-tokenized Shakespeare for experiments/configs/lm_bpe.py (run by make
+#                  setup, and by make sweep for that config)
+# All run from the repository root with relative paths, exactly as README.md shows them.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,19 +13,28 @@ WORKDIR ?= workdir/lm_default
 # The user's path as CI runs it: a small sweep into a relative, fresh workdir.
 SMOKE_CONFIG := experiments/configs/smoke.py
 SMOKE_WORKDIR := workdir/ci-smoke
+# The BPE path: tokenize, then a small sweep and its evaluation on the token folder.
+TOKENS_DIR := workdir/tokens/shakespeare-gpt2
+BPE_SMOKE_CONFIG := experiments/configs/lm_bpe.py:smoke
+BPE_SMOKE_WORKDIR := workdir/ci-smoke-bpe
 
-.PHONY: setup sweep evaluate fit test test-fast lint user-path bench clean
+.PHONY: setup tokens sweep evaluate fit test test-fast lint user-path bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m experiments.fetch_data shakespeare mnist digits
+	$(PY) -m experiments.fetch_data shakespeare mnist digits gpt2
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) tokens
 
-sweep: $(STAMP)
+# Tokenizing again with the same input and options does nothing.
+tokens: $(STAMP)
+	$(PY) -m experiments.tokenize --input=corpus:shakespeare --tokenizer=gpt2 \
+	    --validation_fraction=0.1 --out=$(TOKENS_DIR)
+
+sweep: $(STAMP) $(if $(findstring lm_bpe,$(CONFIG)),tokens)
 	$(PY) -m experiments.sweep --config=$(CONFIG) --workdir=$(WORKDIR)
 
 evaluate: $(STAMP)
@@ -53,10 +64,17 @@ user-path: $(STAMP)
 	test -s $(SMOKE_WORKDIR)/fit.json
 	ls $(SMOKE_WORKDIR)/plots/*.png
 	rm -rf $(SMOKE_WORKDIR)
+	rm -rf $(BPE_SMOKE_WORKDIR)
+	$(MAKE) sweep CONFIG=$(BPE_SMOKE_CONFIG) WORKDIR=$(BPE_SMOKE_WORKDIR)
+	$(MAKE) evaluate WORKDIR=$(BPE_SMOKE_WORKDIR)
+	test $$(tail -n +2 $(BPE_SMOKE_WORKDIR)/results.csv | wc -l) -eq 3
+	ls $(BPE_SMOKE_WORKDIR)/runs/*/eval.json
+	rm -rf $(BPE_SMOKE_WORKDIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/fit_speed.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) workdir

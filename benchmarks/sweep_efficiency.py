@@ -135,7 +135,7 @@ def _compare(runs, dataset, tmp: str) -> None:
     steps[label] = m
     print(f"step only ({label}, {m.run_devices} run devices): sequential "
           f"{m.sequential_seconds * 1e3:.0f} ms, batched {m.batched_seconds * 1e3:.0f} ms per "
-          f"step of all runs, speedup {m.speedup:.2f}x, pays={m.pays}", flush=True)
+          f"step of all runs, speedup {m.speedup:.2f}x", flush=True)
 
   with tempfile.TemporaryDirectory() as cache:
     first, second = _probe(cache), _probe(cache)

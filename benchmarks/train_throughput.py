@@ -240,7 +240,8 @@ def main(argv):
   largest = timed[len(sizes) - 1]
   rate = largest.flops_per_unit / seconds[largest.case.label]
   print(f"ratio_to_peak={rate / square:.3f} train_gflops={rate / 1e9:.2f} "
-        f"peak_gflops={square / 1e9:.2f} model={largest.case.label} "
+        f"peak_gflops={square / 1e9:.2f} model_width={largest.case.width} "
+        f"model_depth={largest.case.depth} "
         f"ratio_to_model_shape_peak={rate / shaped:.3f}")
 
 

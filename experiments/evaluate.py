@@ -1,10 +1,12 @@
 """Evaluates trained runs from their checkpoints.
 
     python -m experiments.evaluate --workdir=DIR [--run=ID] [--step=N] [--eval_batches=K]
+        [--mesh=DATA,FSDP,TENSOR]
 
 With no --run, every finished run of the workdir; writes ``runs/<id>/eval.json``. Takes
 the multi-process flags of ``experiments.sweep`` (``--distributed``, ...): a run trained on
-several hosts can be evaluated on them, or on one.
+several hosts can be evaluated on them, or on one, and on any mesh (``--mesh``, as
+``train.mesh``; a model too large for one device needs fsdp or tensor > 1).
 """
 
 from absl import app, flags
@@ -15,13 +17,17 @@ from jscale.errors import BadInput
 from jscale.train.config import absolute_path
 from jscale.train.folder import read_result
 from jscale.train.restore import evaluate_run
-from jscale.train.sharding import data_parallel
+from jscale.train.sharding import LayoutSpec, check_mesh, make_layout
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder.")
 _RUN = flags.DEFINE_string("run", None, "Run id (default: every finished run).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 0, "Validation batches (0 = the run's).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices to evaluate on (0 = all).")
+_MESH = flags.DEFINE_list(
+    "mesh", ["-1", "1", "1"],
+    "data,fsdp,tensor device counts the runs are restored onto (one may be -1 = the rest), "
+    "as train.mesh; whatever mesh trained them.")
 _HOSTS = cli.define_host_flags()
 
 
@@ -53,6 +59,16 @@ def _run_folders(workdir: str) -> list[epath.Path]:
   return [folder]
 
 
+def _mesh() -> tuple[int, ...]:
+  try:
+    mesh = tuple(int(n) for n in _MESH.value)
+  except ValueError:
+    raise BadInput(f"--mesh must be three integers data,fsdp,tensor, got "
+                   f"{','.join(_MESH.value)!r}") from None
+  check_mesh(mesh, "--mesh")
+  return mesh
+
+
 def main(argv):
   if len(argv) > 1:
     raise BadInput(f"unexpected arguments {argv[1:]}")
@@ -64,12 +80,13 @@ def main(argv):
     raise BadInput(f"--eval_batches must be >= 0 (0 = the run's), got {_EVAL_BATCHES.value}")
   if _NUM_DEVICES.value < 0:
     raise BadInput(f"--num_devices must be >= 0 (0 = all), got {_NUM_DEVICES.value}")
+  mesh = _mesh()
   cli.start_hosts(_HOSTS)
   workdir = absolute_path(_WORKDIR.value)
   folders = _run_folders(workdir)
   for folder in folders:
     cli.check_writable_file("--workdir", str(folder / "eval.json"))
-  dp = data_parallel(_NUM_DEVICES.value)
+  dp = make_layout(LayoutSpec(mesh), _NUM_DEVICES.value, field="--mesh")
   for folder in folders:
     record = evaluate_run(folder, dp, step=_STEP.value, eval_batches=_EVAL_BATCHES.value)
     extra = "".join(f" {k} {record[k]:.4f}" for k in ("val_bpb", "val_accuracy") if k in record)

@@ -11,15 +11,13 @@ import jax
 import numpy as np
 import pytest
 from conftest import train_alone
+from helpers import cli_env, metrics_records, quiet, stop_on_call
 
-from jscale import data as data_lib
 from jscale.train import batched, build_run, grouping, train, train_group
 from jscale.train import config as config_lib
 from jscale.train.checkpoint import Checkpointer
 from jscale.train.optim import learning_rate_schedule
 from jscale.train.sharding import data_parallel
-
-QUIET = lambda p: None  # noqa: E731
 
 
 def tiny_config(width=16, **train_overrides):
@@ -37,18 +35,8 @@ VARIANTS = (dict(seed=0),
 
 
 @pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
-
-
-@pytest.fixture(scope="module")
 def runs(dataset):
   return [config_lib.resolve(tiny_config(**v), dataset) for v in VARIANTS]
-
-
-def records(folder, kind):
-  lines = (folder / "metrics.jsonl").read_text().splitlines()
-  return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
 def final_params(folder, run):
@@ -101,19 +89,19 @@ def test_learning_rate_table_is_the_schedule_held_after_the_end(runs):
 def test_group_equals_each_run_alone(tmp_path, dataset, runs):
   dp = data_parallel(1)
   dirs = [tmp_path / f"run{i}" for i in range(len(runs))]
-  results = train_group(runs, dataset, dirs, dp=dp, progress=[QUIET] * len(runs))
+  results = train_group(runs, dataset, dirs, dp=dp, progress=[quiet] * len(runs))
   for run, folder, result in zip(runs, dirs, results):
     losses, params = train_alone(run, dataset, dp)
-    logged = records(folder, "train")
+    logged = metrics_records(folder, "train")
     assert [r["step"] for r in logged] == list(range(1, run.train.steps + 1))
     np.testing.assert_allclose([r["loss"] for r in logged], losses, rtol=1e-5)
     assert_trees_close(final_params(folder, run), params)
     assert result["status"] == "done" and result["steps"] == run.train.steps
     assert result["batched_runs"] == len(runs)
-  alone = train(runs[1], dataset, tmp_path / "alone", dp=dp, progress=QUIET)
+  alone = train(runs[1], dataset, tmp_path / "alone", dp=dp, progress=quiet)
   assert set(alone) | {"batched_runs"} == set(results[1])
-  assert [r["step"] for r in records(dirs[1], "eval")] == [
-      r["step"] for r in records(tmp_path / "alone", "eval")]
+  assert [r["step"] for r in metrics_records(dirs[1], "eval")] == [
+      r["step"] for r in metrics_records(tmp_path / "alone", "eval")]
   np.testing.assert_allclose(results[1]["val_loss"], alone["val_loss"], rtol=1e-5)
   assert results[1]["tokens"] == alone["tokens"] == 5 * 8 * 16
 
@@ -122,27 +110,21 @@ def test_group_equals_each_run_alone(tmp_path, dataset, runs):
 def test_preempted_group_resumes_batched_or_alone(tmp_path, dataset, runs):
   dp = data_parallel(1)
   straight = train_group(runs, dataset, [tmp_path / f"s{i}" for i in range(3)],
-                                 dp=dp, progress=[QUIET] * 3)
-  calls = []
-
-  def stop_after_four():  # asked once per group step
-    calls.append(1)
-    return len(calls) >= 4
-
+                                 dp=dp, progress=[quiet] * 3)
   dirs = [tmp_path / f"r{i}" for i in range(3)]
-  first = train_group(runs, dataset, dirs, dp=dp, should_stop=stop_after_four,
-                              progress=[QUIET] * 3)
+  first = train_group(runs, dataset, dirs, dp=dp, should_stop=stop_on_call(4),
+                              progress=[quiet] * 3)
   assert [r["status"] for r in first] == ["preempted"] * 3
   assert [r["step"] for r in first] == [4, 4, 4]
   # Run 2 resumes alone with the single-run loop; runs 0 and 1 resume as a group.
-  alone = train(runs[2], dataset, dirs[2], dp=dp, progress=QUIET)
-  resumed = train_group(runs[:2], dataset, dirs[:2], dp=dp, progress=[QUIET] * 2)
+  alone = train(runs[2], dataset, dirs[2], dp=dp, progress=quiet)
+  resumed = train_group(runs[:2], dataset, dirs[:2], dp=dp, progress=[quiet] * 2)
   for before, after, folder_s, folder_r in zip(straight, resumed + [alone],
                                                [tmp_path / f"s{i}" for i in range(3)], dirs):
     assert after["status"] == "done"
     np.testing.assert_allclose(after["val_loss"], before["val_loss"], rtol=1e-5)
     np.testing.assert_allclose(after["train_loss"], before["train_loss"], rtol=1e-5)
-    a, b = records(folder_s, "train"), records(folder_r, "train")
+    a, b = metrics_records(folder_s, "train"), metrics_records(folder_r, "train")
     assert [r["step"] for r in a] == [r["step"] for r in b]
 
 
@@ -150,26 +132,17 @@ def test_diverged_member_stops_alone(tmp_path, dataset):
   specs = [config_lib.resolve(tiny_config(steps=4, eval_every=4, clip_norm=0.0, **v), dataset)
            for v in (dict(), dict(learning_rate=1e30, warmup_steps=0))]
   results = train_group(specs, dataset, [tmp_path / "ok", tmp_path / "bad"],
-                                dp=data_parallel(1), progress=[QUIET] * 2)
+                                dp=data_parallel(1), progress=[quiet] * 2)
   assert results[0]["status"] == "done" and "val_loss" in results[0]
   assert results[1]["status"] == "diverged" and 1 <= results[1]["diverged_step"] <= 4
   assert "val_loss" not in results[1]
 
 
-def test_measure_batching_reports_both_timings(dataset, runs):
-  same_shape = [config_lib.resolve(tiny_config(seed=s), dataset) for s in (0, 1)]
-  m = batched.measure_batching(same_shape, dataset, data_parallel(1), steps=2)
-  assert m.runs == 2 and m.sequential_seconds > 0 and m.batched_seconds > 0
-  assert m.pays == (m.speedup >= batched.MIN_SPEEDUP)
-
-
 def _run_isolated(code: str, timeout: float, env_extra=None) -> str:
   """Runs ``code`` in a fresh interpreter under a timeout: multi-device XLA CPU
   collectives have aborted whole processes before, and must not take pytest along."""
-  tests_dir = os.path.dirname(os.path.abspath(__file__))  # for `import conftest`
-  path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=path, **(env_extra or {}))
+  env = cli_env(8, **(env_extra or {}))
+  env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))  # the helpers
   done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -184,7 +157,8 @@ def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
       from jscale.train import config as config_lib
       from jscale.train.sharding import data_parallel
       from jscale.train import train_group
-      from test_batched import QUIET, records, tiny_config
+      from helpers import metrics_records, quiet
+      from test_batched import tiny_config
       import pathlib
       ds = data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
       runs = [config_lib.resolve(tiny_config(seed=s, learning_rate=1e-3 * (s + 1), steps=3),
@@ -194,8 +168,8 @@ def test_runs_over_devices_and_data_over_devices_equal_one_device(tmp_path):
         dirs = [pathlib.Path({str(tmp_path)!r}) / f"{{devices}}-{{run_devices}}-{{i}}"
                 for i in range(2)]
         train_group(runs, ds, dirs, dp=data_parallel(devices),
-                            run_devices=run_devices, progress=[QUIET] * 2)
-        losses[f"{{devices}}x{{run_devices}}"] = [[r["loss"] for r in records(d, "train")]
+                            run_devices=run_devices, progress=[quiet] * 2)
+        losses[f"{{devices}}x{{run_devices}}"] = [[r["loss"] for r in metrics_records(d, "train")]
                                                 for d in dirs]
       print(json.dumps(losses))
       """, timeout=300)

@@ -2,13 +2,11 @@
 ``key=value`` pairs whose values are numbers, so the benchmarks cannot rot unseen."""
 
 import math
-import pathlib
-import subprocess
 import sys
 
 import pytest
+from helpers import ROOT, run_command
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "smoke.py")
 
 
@@ -37,8 +35,7 @@ def test_every_benchmark_is_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
 def test_benchmark_smoke_ends_with_numbers(path):
-  done = subprocess.run([sys.executable, str(path), "--smoke"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=900, check=False)
+  done = run_command([sys.executable, str(path), "--smoke"], timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   values = headline(done.stdout)
   assert all(math.isfinite(v) for v in values.values()), values

@@ -1,29 +1,41 @@
 """Damaged checkpoints are detected (restore error or digest mismatch), set aside, and
 the run resumes from the newest intact one and finishes bit-identical to an
-uninterrupted run."""
+uninterrupted run; a checkpoint of another state structure (a code change) stops the run
+with one line and moves nothing; storage faults stop a sweep with one line."""
 
+import dataclasses
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import missing_requirement, tiny_config
+from helpers import (
+  ROOT,
+  listing,
+  quiet,
+  run_command,
+  run_module,
+  smoke_config,
+  sweep_command,
+)
 
-from jscale import data as data_lib
+from jscale.errors import BadInput
+from jscale.sweep.runner import SweepOptions, run_sweep
 from jscale.train import build_run, train
 from jscale.train import config as config_lib
-from jscale.train.checkpoint import Checkpointer, state_digest
+from jscale.train.checkpoint import (
+  Checkpointer,
+  CheckpointMismatch,
+  state_digest,
+  structure_difference,
+)
 from jscale.train.sharding import data_parallel
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +47,7 @@ def run(dataset):
 def reference(tmp_path_factory, run, dataset):
   """An uninterrupted run: its folder and final state."""
   folder = tmp_path_factory.mktemp("reference")
-  result = train(run, dataset, folder, dp=data_parallel(1), progress=lambda p: None)
+  result = train(run, dataset, folder, dp=data_parallel(1), progress=quiet)
   return folder, result, _final_state(folder, run)
 
 
@@ -102,7 +114,7 @@ def _resume_after_damage(tmp_path, run, dataset, reference, damage, steps_damage
   shutil.copytree(reference[0], folder)
   for step in steps_damaged:
     damage(folder / "checkpoints" / str(step))
-  result = train(run, dataset, folder, dp=data_parallel(1), progress=lambda p: None)
+  result = train(run, dataset, folder, dp=data_parallel(1), progress=quiet)
   return folder, result
 
 
@@ -209,13 +221,140 @@ def test_a_checkpoint_without_a_digest_restores_with_a_warning(tmp_path, run, re
     np.testing.assert_array_equal(a, b)
 
 
+# --- a checkpoint of another state structure: a code change, not damage ------------------
+
+def test_the_first_structure_difference_is_named():
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)  # noqa: E731
+  saved = {"params": {"a": f32(2, 3), "b": f32(3)}}
+  assert structure_difference(saved, saved) is None
+  assert structure_difference(saved, {"params": {"a": f32(2, 4), "b": f32(3)}}) == (
+      "params/a was saved as float32[2, 3], this code builds float32[2, 4]")
+  # The code's state in its own order first, then what only the checkpoint holds.
+  assert structure_difference(saved, {"params": {"a": f32(2, 3), "c": f32(3)}}) == (
+      "params/c is missing from the checkpoint")
+  assert structure_difference(saved, {"params": {"a": f32(2, 3)}}) == (
+      "params/b is in the checkpoint but not in this code's state")
+  assert structure_difference(saved, {"params": {"a": f32(2, 3), "b": f32(3), "c": f32(1)}}
+                              ) == "params/c is missing from the checkpoint"
+
+
+# How a renamed parameter is named: the old path or the new one, whichever sorts first.
+RENAMED = (r"\(params/\S+ (is missing from the checkpoint|is in the checkpoint but not in "
+           r"this code's state)\)")
+
+
+def _renamed_first_param(state):
+  """``state`` as a later jscale that renamed a module would build it."""
+  params = dict(state.params)
+  first = min(params)
+  params[f"renamed_{first}"] = params.pop(first)
+  return state.replace(params=params)
+
+
+def test_a_renamed_parameter_stops_the_restore_and_moves_nothing(tmp_path, run, reference):
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  before = listing(folder)
+  with Checkpointer(folder / "checkpoints", run.checkpoint) as ckpt, pytest.raises(
+      CheckpointMismatch) as e:
+    ckpt.restore_latest(_renamed_first_param(_abstract(run)))
+  message = str(e.value)
+  assert isinstance(e.value, BadInput) and "\n" not in message
+  assert f"checkpoint {folder / 'checkpoints' / '12'} does not match" in message
+  assert re.search(RENAMED, message) and "nothing was moved" in message
+  assert listing(folder) == before and not (folder / "checkpoints.damaged").exists()
+
+
+def test_resuming_with_code_of_another_state_stops_and_keeps_every_checkpoint(
+    tmp_path, run, dataset, reference):
+  """The run's own config, trained by code that builds every kernel wider: the resume
+  names the newest checkpoint and the first path that differs, and retrains nothing."""
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  (folder / "result.json").unlink()  # unfinished: the rerun resumes it
+  before = listing(folder)
+  wider = config_lib.resolve(tiny_config(width=24), dataset)
+  changed_code = dataclasses.replace(wider, config_record=run.config_record)
+  with pytest.raises(CheckpointMismatch) as e:
+    train(changed_code, dataset, folder, dp=data_parallel(1), progress=quiet)
+  message = str(e.value)
+  assert f"checkpoint {folder / 'checkpoints' / '12'} does not match" in message
+  assert "was saved as float32[" in message and "this code builds float32[" in message
+  assert listing(folder) == before and not (folder / "checkpoints.damaged").exists()
+
+
+# A config file that runs the smoke sweep (one width) with a jscale whose training state
+# renames a module: what a user sees after upgrading under an unfinished sweep.
+_RENAMING_CONFIG = """
+from experiments.configs import smoke
+from jscale.train import loop
+
+if not hasattr(loop, "original_abstract_like"):  # the CLI loads a config file twice
+  loop.original_abstract_like = loop.abstract_like
+
+  def renamed(tree, sharding):
+    state = loop.original_abstract_like(tree, sharding)
+    params = dict(state.params)
+    first = min(params)
+    params["renamed_" + first] = params.pop(first)
+    return state.replace(params=params)
+
+  loop.abstract_like = renamed
+
+
+def get_config():
+  c = smoke.get_config()
+  c.sweep.widths = (8,)
+  return c
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_resumed_by_code_of_another_state_is_one_line_exit_2(tmp_path):
+  workdir = tmp_path / "w"
+  c = smoke_config()
+  c.sweep.widths = (8,)
+  assert run_sweep(c, SweepOptions(str(workdir), num_devices=1, fit=False)) == "done"
+  (run_dir,) = (workdir / "runs").iterdir()
+  (run_dir / "result.json").unlink()
+  before = listing(workdir)
+  (tmp_path / "c.py").write_text(_RENAMING_CONFIG)
+  done = run_module("experiments.sweep", [f"--config={tmp_path / 'c.py'}",
+                                          f"--workdir={workdir}", "--nofit",
+                                          "--compilation_cache="])
+  lines = [line for line in done.stderr.splitlines() if line.strip()]
+  assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+  assert lines[0].startswith(f"error: checkpoint {run_dir / 'checkpoints' / '12'} does not")
+  assert re.search(RENAMED, lines[0]) and "Traceback" not in done.stderr
+  assert listing(workdir / "runs") == {k[len("runs/"):]: v for k, v in before.items()
+                                       if k.startswith("runs/")}
+  assert not (run_dir / "checkpoints.damaged").exists()
+
+
+# --- library output ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("level,shown", [(logging.INFO, True), (logging.WARNING, False)])
+def test_the_jscale_logger_level_decides_whether_a_resume_is_announced(
+    tmp_path, run, dataset, reference, caplog, monkeypatch, level, shown):
+  folder = tmp_path / "run"
+  shutil.copytree(reference[0], folder)
+  (folder / "result.json").unlink()
+  logger = logging.getLogger("jscale")
+  monkeypatch.setattr(logger, "propagate", True)  # an entry point may have turned it off
+  previous = logger.level
+  logger.setLevel(level)  # what a library user writes
+  try:
+    with caplog.at_level(logging.DEBUG):  # the root logger passes whatever reaches it
+      result = train(run, dataset, folder, dp=data_parallel(1), progress=quiet)
+  finally:
+    logger.setLevel(previous)
+  assert result["val_loss"] == reference[1]["val_loss"]
+  assert ("resumed at step 12" in caplog.text) == shown, caplog.text
+
+
 def _smoke_sweep(workdir):
-  """The smoke sweep through its entry point: (exit code, stderr)."""
-  done = subprocess.run([sys.executable, "-m", "experiments.sweep",
-                         "--config=experiments/configs/smoke.py", f"--workdir={workdir}",
-                         "--nofit", "--compilation_cache="],
-                        cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                        text=True, timeout=300, check=False)
+  """The smoke sweep through its entry point, no compilation cache: (exit code, stderr)."""
+  done = run_command(sweep_command(workdir, "--nofit", cache=""))
   return done.returncode, done.stderr
 
 
@@ -275,21 +414,19 @@ cp "$W/w/results.csv" "$W.results.csv"
 """
 
 
-def _unshare_works() -> bool:
+def _require_mount_namespaces() -> None:
   probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
                          capture_output=True, check=False)
-  return probe.returncode == 0
+  if probe.returncode != 0:
+    missing_requirement("needs root and mount namespaces (unshare -m)")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_results(tmp_path_factory):
-  repo = Path(__file__).resolve().parents[1]
   w = tmp_path_factory.mktemp("uninterrupted") / "w"
-  subprocess.run([sys.executable, "-m", "experiments.sweep",
-                  "--config=experiments/configs/smoke.py", f"--workdir={w}", "--nofit",
-                  "--compilation_cache=", "--config.train.steps=400",
-                  "--config.checkpoint.every=100"], cwd=repo, check=True,
-                 capture_output=True)
+  done = run_command(sweep_command(w, "--nofit", "--config.train.steps=400",
+                                   "--config.checkpoint.every=100", cache=""))
+  assert done.returncode == 0, done.stderr[-3000:]
   return (w / "results.csv").read_text()
 
 
@@ -297,13 +434,11 @@ def uninterrupted_results(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["ro_during", "ro_between", "full"])
 def test_storage_fault_is_one_line_within_seconds_and_loses_nothing(
     tmp_path, mode, uninterrupted_results):
-  if not _unshare_works():
-    pytest.skip("needs root and mount namespaces (unshare -m)")
-  repo = Path(__file__).resolve().parents[1]
+  _require_mount_namespaces()
   w = tmp_path / "mnt"
   w.mkdir()
   subprocess.run(["unshare", "-m", "bash", "-c", _FAULT_SCRIPT, "fault", str(w), mode,
-                  str(repo), sys.executable], check=True, timeout=600)
+                  str(ROOT), sys.executable], check=True, timeout=600)
   code, milliseconds = (tmp_path / "mnt.status").read_text().split()
   stderr = (tmp_path / "mnt.err").read_text()
   assert code == "3", stderr

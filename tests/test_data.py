@@ -10,7 +10,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import missing_data
+from conftest import missing_requirement
 
 from experiments import fetch_data
 from jscale import data
@@ -30,7 +30,7 @@ def _require(name):
     return cache_lib.apt_path(name, CACHE)
   except ValueError as error:
     if name in cache_lib.PIP_SOURCES:
-      missing_data(str(error))
+      missing_requirement(str(error))
     pytest.skip(str(error))
 
 
@@ -310,15 +310,6 @@ def test_missing_debian_corpus_names_apt(tmp_path, name, package):
 
 
 # Fetching and the idx reader.
-
-def test_fetch_cli_rejects_an_unknown_corpus_with_exit_2(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.fetch_data", "bogus"], capture_output=True,
-      text=True, env={**os.environ, cache_lib.ENV_VAR: str(tmp_path)}, check=False)
-  assert result.returncode == 2
-  assert result.stderr.strip().count("\n") == 0
-  assert result.stderr.startswith("error:") and "bogus" in result.stderr
-
 
 def test_fetching_a_present_corpus_downloads_nothing(tmp_path, monkeypatch):
   source = _require("digits")

@@ -111,12 +111,12 @@ def test_bad_curves_are_refused():
                                           bootstrap=0), lr, [10])
 
 
-def test_command_line_fits_the_published_example(tmp_path):
+def test_command_line_fits_the_published_example(fork_server, tmp_path):
   out = tmp_path / "fit.json"
   args = [f"--csv={require_data(EXAMPLE)}", "--law=annealing", "--curve_col=schedule",
           "--loss_col=val_loss", "--peak_lr=2e-4", "--warmup_steps=500",
           "--total_steps=20000", "--bootstrap=0", f"--out={out}"]
-  proc = _run(*args, cwd=REPO)
+  proc = fork_server.run("experiments.fit", args, tmp_path)
   assert proc.returncode == 0, proc.stderr
   written = json.loads(out.read_text())
   assert written["law"] == "annealing" and written["diagnostics"]["decay"] == 0.999

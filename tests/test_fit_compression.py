@@ -4,11 +4,10 @@ sweep (jscale.sweep.analysis)."""
 import csv
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import require_data
+from helpers import law_values
 
 from jscale import fit as fit_lib
 from jscale.fit import allocation, compression, registry
@@ -37,15 +36,6 @@ def _sparsity_loss(p, s, n, d):
 def _mean_huber(residual, delta):
   r = np.abs(residual)
   return float(np.mean(np.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta))))
-
-
-def _sample(law_name, truth, cols):
-  spec = registry.get(law_name)
-  theta = np.array([np.log(truth[n]) if is_log else truth[n]
-                    for n, is_log in zip(spec.natural_names, spec.log_space)])
-  with jax.enable_x64(True):
-    log_x = {c: jnp.asarray(registry.log_covariate(c, cols[c])) for c in spec.covariates}
-    return np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), log_x)))
 
 
 def test_sparsity_law_on_t5_reaches_published_objective_and_held_out_point():
@@ -102,7 +92,7 @@ def _grid(names: str, *values: np.ndarray) -> dict[str, np.ndarray]:
 ])
 def test_compression_laws_recover_known_parameters_within_5_percent(law, truth, cols):
   rng = np.random.default_rng(0)
-  loss = _sample(law, truth, cols) * np.exp(rng.normal(0.0, 1e-4, cols["N"].size))
+  loss = law_values(law, truth, cols) * np.exp(rng.normal(0.0, 1e-4, cols["N"].size))
   result = fit_lib.fit(law, dict(cols, loss=loss), bootstrap=0)
   for name, value in truth.items():
     assert result.params[name] == pytest.approx(value, rel=0.05), name
@@ -113,8 +103,8 @@ def test_sparsity_multiplier_makes_sparse_and_dense_losses_equal():
   ratios = compression.sparsity_multipliers(params, [0.0, 0.5, 0.9])
   n = 3e6
   for level, ratio in ratios.items():
-    sparse = _sample("sparsity_n", params, {"S": np.array([float(level)]), "N": np.array([n])})
-    dense = _sample("sparsity_n", params, {"S": np.array([0.0]), "N": np.array([n * ratio])})
+    sparse = law_values("sparsity_n", params, {"S": np.array([float(level)]), "N": np.array([n])})
+    dense = law_values("sparsity_n", params, {"S": np.array([0.0]), "N": np.array([n * ratio])})
     np.testing.assert_allclose(sparse, dense, rtol=1e-12)
   assert ratios["0"] == 1.0 and ratios["0.9"] > ratios["0.5"] > 1.0
 
@@ -124,7 +114,7 @@ def test_effective_params_inverts_the_dense_law():
   theta = np.array([np.log(400.0), np.log(410.0), np.log(1.7), 0.34, 0.28])
   cols = {"N": np.array([1e8, 1e9]), "D": np.array([2e10, 2e10])}
   truth = np.array([3e8, 4e8])
-  loss = _sample("chinchilla", {"A": 400.0, "B": 410.0, "E": 1.7, "alpha": 0.34, "beta": 0.28},
+  loss = law_values("chinchilla", {"A": 400.0, "B": 410.0, "E": 1.7, "alpha": 0.34, "beta": 0.28},
                  {"N": truth, "D": cols["D"]})
   np.testing.assert_allclose(compression.effective_params(law, theta, loss, cols), truth, rtol=1e-9)
   below_floor = compression.effective_params(law, theta, np.array([1.0, 1.0]), cols)
@@ -177,7 +167,7 @@ def test_compression_sweep_separates_dense_sparse_quantized_and_distilled(tmp_pa
   for i, n in enumerate(_SIZES):
     rows.append(_row(f"dense{i}", n, _dense_loss(n)))
     for s in (0.5, 0.75):
-      loss = _sample("sparsity_n", _TRUTH, {"S": np.array([s]), "N": np.array([n * (1 - s)])})[0]
+      loss = law_values("sparsity_n", _TRUTH, {"S": np.array([s]), "N": np.array([n * (1 - s)])})[0]
       rows.append(_row(f"prune{i}_{s}", n, loss, compress="prune", sparsity=s, ptq=False))
   for i, n in enumerate(_SIZES[:3]):
     rows.append(_row(f"student{i}", n, _dense_loss(n) - 0.02, compress="distill",

@@ -4,18 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import law_values
 
 from jscale import fit as fit_lib
 from jscale.fit import registry
-
-
-def _sample(law_name, truth, cols):
-  spec = registry.get(law_name)
-  theta = np.array([np.log(truth[n]) if is_log else truth[n]
-                    for n, is_log in zip(spec.natural_names, spec.log_space)])
-  with jax.enable_x64(True):
-    log_x = {c: jnp.log(cols[c]) for c in spec.covariates}
-    return np.exp(np.asarray(spec.log_predict(jnp.asarray(theta), log_x)))
 
 
 def test_registry_rejects_unknown_and_duplicate_laws():
@@ -27,7 +19,7 @@ def test_registry_rejects_unknown_and_duplicate_laws():
 
 def test_chinchilla_law_matches_its_natural_form():
   n, d = np.array([1e8, 1e9]), np.array([1e10, 3e9])
-  loss = _sample("chinchilla", {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28},
+  loss = law_values("chinchilla", {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28},
                  {"N": n, "D": d})
   np.testing.assert_allclose(loss, 1.7 + 400 / n**0.34 + 410 / d**0.28, rtol=1e-12)
 
@@ -41,7 +33,7 @@ def test_chinchilla_law_matches_its_natural_form():
 def test_one_variable_laws_recover_noise_free_parameters(law, truth):
   x = np.geomspace(1e6, 1e11, 12)
   var = law.split("_")[1].upper()
-  loss = _sample(law, truth, {var: x})
+  loss = law_values(law, truth, {var: x})
   result = fit_lib.fit(law, {var: x, "loss": loss}, bootstrap=0)
   for name in registry.get(law).exponents:
     assert result.params[name] == pytest.approx(truth[name], abs=1e-4)
@@ -53,7 +45,7 @@ def test_noisy_data_recovered_within_bootstrap_interval():
   rng = np.random.default_rng(3)
   truth = {"E": 1.7, "N_c": 1e12, "alpha_N": 0.3}
   n = np.geomspace(1e6, 1e10, 40)
-  loss = _sample("kaplan_n_irreducible", truth, {"N": n}) * np.exp(rng.normal(0, 0.01, n.size))
+  loss = law_values("kaplan_n_irreducible", truth, {"N": n}) * np.exp(rng.normal(0, 0.01, n.size))
   result = fit_lib.fit("kaplan_n_irreducible", {"N": n, "loss": loss}, bootstrap=40, seed=0)
   stats = result.bootstrap["params"]
   for name in ("E", "alpha_N"):

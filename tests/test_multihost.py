@@ -4,7 +4,6 @@ failures that stop every process (``jscale.train.hosts``), plus its single-proce
 import csv
 import io
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -16,11 +15,11 @@ import types
 
 import numpy as np
 import pytest
+from helpers import ROOT, cli_env, sweep_command
 
 from experiments import cli
 from jscale.train import hosts
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 8  # --collective_timeout of the job: a hung peer costs this much
 
 # One process of a 2-process job with 2 devices each: a global sum over the 4 devices,
@@ -73,8 +72,7 @@ def free_port() -> int:
 
 
 def start(scenario: str = "none", failing: int = -1) -> list[subprocess.Popen]:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env |= {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = cli_env(2)
   port = free_port()
   return [subprocess.Popen(
       [sys.executable, "-c", PROGRAM, str(port), str(i), str(TIMEOUT), scenario, str(failing)],
@@ -112,6 +110,7 @@ def stop_step(stdout: str) -> int:
   return int(stdout.split("stopped after step ")[1].split()[0])
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_after_the_same_step():
   procs = start()
   wait_for_line(procs[1], "step 3")  # both past compilation, inside the loop
@@ -123,7 +122,8 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step():
   assert "[process 1] stop requested on process 1" in err1
 
 
-@pytest.mark.parametrize("failing", [1, pytest.param(0, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [1, 0])
 def test_an_exception_in_one_process_stops_both_naming_it(failing):
   began = time.monotonic()
   results = finish(start("raise", failing), limit=60)
@@ -209,8 +209,15 @@ def test_bad_host_flags_fail_before_joining(values, needle):
     cli.start_hosts(_host_flags(**values))
 
 
-def test_no_distributed_flag_is_one_process():
+def test_only_the_distributed_flag_joins_a_job(monkeypatch):
+  joined = []
+  monkeypatch.setattr(hosts, "initialize", lambda *a, **k: joined.append((a, k)))
+  monkeypatch.setattr(hosts, "prefix_output", lambda: joined.append("prefix"))
   cli.start_hosts(_host_flags())
+  assert joined == []
+  cli.start_hosts(_host_flags(distributed=True, coordinator_address="h:1234", num_processes=2,
+                              process_id=1, collective_timeout=9.0))
+  assert joined == [(("h:1234", 2, 1), {"timeout_seconds": 9.0}), "prefix"]
 
 
 # --- the sweep entry point across two processes ------------------------------------------
@@ -223,16 +230,9 @@ SWEEP_STEPS = 24
 SWEEP_TIMEOUT = 20
 
 
-def _env(devices: int) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return env | {"JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
-
 def _sweep_command(workdir: pathlib.Path) -> list[str]:
-  return [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/smoke.py",
-          f"--workdir={workdir}", "--config.sweep.widths=(8,)",
-          f"--config.train.steps={SWEEP_STEPS}", "--compilation_cache=", "--nofit"]
+  return sweep_command(workdir, "--config.sweep.widths=(8,)",
+                       f"--config.train.steps={SWEEP_STEPS}", "--nofit", cache="")
 
 
 def start_sweep(workdir: pathlib.Path) -> list[subprocess.Popen]:
@@ -242,7 +242,7 @@ def start_sweep(workdir: pathlib.Path) -> list[subprocess.Popen]:
       _sweep_command(workdir) + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                                  "--num_processes=2", f"--process_id={i}",
                                  f"--collective_timeout={SWEEP_TIMEOUT}"],
-      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=cli_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
 
 
@@ -256,7 +256,7 @@ def sweep_in_two(workdir: pathlib.Path) -> list[str]:
 
 
 def sweep_in_one(workdir: pathlib.Path, devices: int) -> None:
-  done = subprocess.run(_sweep_command(workdir), cwd=ROOT, env=_env(devices),
+  done = subprocess.run(_sweep_command(workdir), cwd=ROOT, env=cli_env(devices),
                         capture_output=True, text=True, timeout=180)
   assert done.returncode == 0, done.stdout + done.stderr
 
@@ -312,7 +312,7 @@ def test_two_processes_train_the_numbers_of_one(two_process_sweep, tmp_path):
 def test_checkpoints_of_two_processes_restore_in_one(two_process_sweep):
   done = subprocess.run(
       [sys.executable, "-m", "experiments.evaluate", f"--workdir={two_process_sweep}"],
-      cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+      cwd=ROOT, env=cli_env(1), capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stdout + done.stderr
   folder = run_folder(two_process_sweep)
   evaluated = json.loads((folder / "eval.json").read_text())

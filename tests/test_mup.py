@@ -69,22 +69,17 @@ def assert_mup_is_width_stable_and_sp_is_not(rms):
 
 
 @pytest.fixture(scope="module")
-def text():
-  return data_lib.load(data_lib.DataSpec("synthetic_text", seq_len=16))
-
-
-@pytest.fixture(scope="module")
 def images():
   return data_lib.load(data_lib.DataSpec("synthetic_images"))
 
 
-def test_transformer_coordinate_check(text):
+def test_transformer_coordinate_check(dataset):
   def make_spec(width, parametrization):
     return models.make_spec("transformer", width=width, depth=2, num_heads=4,
                             context_length=16, parametrization=parametrization,
                             mup_base_width=WIDTHS[0])
 
-  assert_mup_is_width_stable_and_sp_is_not(coordinate_check(make_spec, text, 1e-2))
+  assert_mup_is_width_stable_and_sp_is_not(coordinate_check(make_spec, dataset, 1e-2))
 
 
 def test_mlp_coordinate_check(images):

@@ -9,18 +9,15 @@ the training loop.
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_config
+from helpers import metrics_records, quiet
 from scipy import optimize
 
-from jscale import data as data_lib
 from jscale import fit as fit_lib
 from jscale.sweep import report
 from jscale.sweep import results as results_lib
@@ -29,22 +26,10 @@ from jscale.train import loop, train, train_group
 from jscale.train.restore import restore_params
 from jscale.train.sharding import data_parallel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _quiet(progress):
-  del progress
-
-
 # A Chinchilla law and a FLOP rule other than 6ND (jscale's own rule is 1.25-2.9x 6ND).
 LAW = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
 FLOPS_PER_PARAM_TOKEN = 7.3
 BUDGETS = np.geomspace(1e18, 1e21, 4)
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
 
 
 # -- IsoFLOP (Approach 2) -------------------------------------------------------------
@@ -106,28 +91,26 @@ def test_sweep_isoflop_section_uses_the_runs_tokens(tmp_path):
   _assert_frontier(iso["d_opt"], _true_d_opt)
 
 
-def _cli(tmp_path, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "experiments.fit", *args, "--bootstrap=0",
-                         f"--out={tmp_path / 'fit.json'}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+def _cli(fork_server, tmp_path, *args):
+  return fork_server.run("experiments.fit", [*args, "--bootstrap=0",
+                                             f"--out={tmp_path / 'fit.json'}"], tmp_path)
 
 
-def test_cli_isoflop_on_budget_tokens_loss(tmp_path):
+def test_cli_isoflop_on_budget_tokens_loss(fork_server, tmp_path):
   """Llama 3's IsoFLOP data has no parameter column: D* is a parabola in log D."""
   cols = _isoflop_profiles()
   np.savetxt(tmp_path / "llama.csv", np.stack([cols["C"], cols["D"], cols["loss"]], 1),
              delimiter=",", header="budget,tokens,loss", comments="")
-  proc = _cli(tmp_path, f"--csv={tmp_path / 'llama.csv'}", "--law=isoflop", "--c_col=budget",
-              "--d_col=tokens", "--loss_col=loss")
+  proc = _cli(fork_server, tmp_path, f"--csv={tmp_path / 'llama.csv'}", "--law=isoflop",
+              "--c_col=budget", "--d_col=tokens", "--loss_col=loss")
   assert proc.returncode == 0, proc.stderr
   _assert_frontier(json.loads((tmp_path / "fit.json").read_text())["d_opt"], _true_d_opt)
 
 
-def test_cli_c_col_on_a_jscale_table_cannot_derive_d_from_6n(tmp_path):
+def test_cli_c_col_on_a_jscale_table_cannot_derive_d_from_6n(fork_server, tmp_path):
   """jscale's FLOPs are not 6ND: deriving the token count from them is refused."""
   _write_results_csv(tmp_path / "results.csv", budgets=False)
-  proc = _cli(tmp_path, f"--csv={tmp_path / 'results.csv'}", "--law=chinchilla",
+  proc = _cli(fork_server, tmp_path, f"--csv={tmp_path / 'results.csv'}", "--law=chinchilla",
               "--c_col=flops", "--n_col=params_non_embedding", "--loss_col=val_loss")
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
@@ -139,11 +122,8 @@ def test_cli_c_col_on_a_jscale_table_cannot_derive_d_from_6n(tmp_path):
 
 
 def _train(tmp_path, dataset, config, name="run"):
-  folder = tmp_path / name
-  folder.mkdir()
-  (folder / "config.json").write_text(json.dumps(config.to_dict()))
-  run = config_lib.resolve(config, dataset)
-  return train(run, dataset, folder, dp=data_parallel(1), progress=_quiet), folder, run
+  result, run = train_config(config, dataset, tmp_path / name)
+  return result, tmp_path / name, run
 
 
 def _block_kernels(params):
@@ -203,7 +183,7 @@ def test_throughput_stops_at_the_last_training_step(tmp_path, dataset, monkeypat
   monkeypatch.setattr(loop, "final_evaluation", slow)
   run = config_lib.resolve(tiny_config(), dataset)
   slow.start = time.perf_counter()
-  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=_quiet)
+  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=quiet)
   (entered, _), = slow.calls
   # Steps 2..12 (the first compiles) all ran between start and the final evaluation.
   tokens = (run.train.steps - 1) * run.train.global_batch * run.model.units_per_example
@@ -218,7 +198,7 @@ def test_batched_throughput_excludes_every_final_evaluation(tmp_path, dataset, m
   runs = [config_lib.resolve(tiny_config(steps=s), dataset) for s in (6, 12)]
   slow.start = time.perf_counter()
   results = train_group(runs, dataset, [tmp_path / "short", tmp_path / "long"],
-                        dp=data_parallel(1), progress=[_quiet] * 2)
+                        dp=data_parallel(1), progress=[quiet] * 2)
   assert len(slow.calls) == 2
   for run, result, (entered, _) in zip(runs, results, slow.calls):
     earlier = sum(end - begin for begin, end in slow.calls if end <= entered)
@@ -229,23 +209,19 @@ def test_batched_throughput_excludes_every_final_evaluation(tmp_path, dataset, m
 # -- a kill between the last checkpoint and result.json ----------------------------------
 
 
-def _records(folder):
-  return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
 def _assert_logged_once_like(folder, reference):
-  records = _records(folder)
+  records = metrics_records(folder)
   keys = [(r["kind"], r["step"]) for r in records]
   assert len(keys) == len(set(keys)), keys
-  assert records == _records(reference)  # records hold no wall-clock fields
+  assert records == metrics_records(reference)  # records hold no wall-clock fields
 
 
 def test_rerun_after_the_final_checkpoint_logs_the_final_eval_once(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(), dataset)
   dp = data_parallel(1)
-  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=_quiet)
-  train(run, dataset, tmp_path / "killed", dp=dp, progress=_quiet)  # result.json never written
-  again = train(run, dataset, tmp_path / "killed", dp=dp, progress=_quiet)
+  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet)
+  train(run, dataset, tmp_path / "killed", dp=dp, progress=quiet)  # result.json never written
+  again = train(run, dataset, tmp_path / "killed", dp=dp, progress=quiet)
   assert again["val_loss"] == straight["val_loss"]
   _assert_logged_once_like(tmp_path / "killed", tmp_path / "straight")
 
@@ -256,7 +232,7 @@ def test_batched_rerun_after_the_final_checkpoint_logs_the_final_eval_once(tmp_p
 
   def group(*names):
     return train_group(runs, dataset, [tmp_path / n for n in names], dp=dp,
-                       progress=[_quiet] * 2)
+                       progress=[quiet] * 2)
 
   straight = group("s0", "s1")
   group("k0", "k1")

@@ -8,9 +8,9 @@ import struct
 
 import pytest
 from conftest import tiny_config
+from helpers import quiet, stop_on_call
 from tensorboardX.proto import event_pb2
 
-from jscale import data as data_lib
 from jscale.train import config as config_lib
 from jscale.train import metrics, train, train_group
 from jscale.train.sharding import data_parallel
@@ -57,11 +57,6 @@ def read_scalars(folder) -> list[tuple[str, int, float]]:
   return scalars
 
 
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
-
-
 def _records(folder, name="metrics.jsonl"):
   return [json.loads(line) for line in (folder / name).read_text().splitlines()]
 
@@ -84,7 +79,7 @@ def assert_events_mirror_jsonl(folder) -> dict:
 
 def test_events_hold_the_jsonl_numbers(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(log_every=3), dataset)
-  train(run, dataset, tmp_path, dp=data_parallel(1), progress=lambda p: None)
+  train(run, dataset, tmp_path, dp=data_parallel(1), progress=quiet)
   by_key = assert_events_mirror_jsonl(tmp_path)
   tags = {tag for tag, _ in by_key}
   assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/val_loss",
@@ -98,19 +93,13 @@ def test_events_hold_the_jsonl_numbers(tmp_path, dataset):
 def test_resumed_run_has_each_step_once_and_every_step(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(log_every=3), dataset)
   dp = data_parallel(1)
-  train(run, dataset, tmp_path / "straight", dp=dp, progress=lambda p: None)
-  calls = []
-
-  def stop_after_six():
-    calls.append(1)
-    return len(calls) > 7
-
-  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_after_six,
-                progress=lambda p: None)
+  train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet)
+  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_on_call(8),
+                progress=quiet)
   assert first["status"] == "preempted"
   # Preempted at its step-8 checkpoint; the resumed process appends steps 9..12 (a kill
   # that leaves steps after the checkpoint in the files is the test below).
-  train(run, dataset, tmp_path / "resumed", dp=dp, progress=lambda p: None)
+  train(run, dataset, tmp_path / "resumed", dp=dp, progress=quiet)
   straight = read_scalars(tmp_path / "straight" / "tensorboard")
   resumed = read_scalars(tmp_path / "resumed" / "tensorboard")
   def keys(scalars):
@@ -135,7 +124,7 @@ def test_each_run_of_a_batched_group_has_its_own_events(tmp_path, dataset):
   runs = [config_lib.resolve(tiny_config(seed=seed, learning_rate=lr, log_every=3), dataset)
           for seed, lr in ((0, 1e-2), (1, 1e-3))]
   dirs = [tmp_path / "a", tmp_path / "b"]
-  train_group(runs, dataset, dirs, dp=data_parallel(1), progress=[lambda p: None] * 2)
+  train_group(runs, dataset, dirs, dp=data_parallel(1), progress=[quiet] * 2)
   losses = [[v for (tag, _), v in sorted(assert_events_mirror_jsonl(d).items())
              if tag == "train/loss"] for d in dirs]
   assert len(losses[0]) == len(losses[1]) == 12 and losses[0] != losses[1]

@@ -7,18 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config, train_alone
+from helpers import metrics_records, quiet, stop_on_call
 
 from jscale import data as data_lib
 from jscale.train import config as config_lib
 from jscale.train import train
 from jscale.train.optim import learning_rate_schedule
-from jscale.train.restore import evaluate_run
+from jscale.train.restore import compression_for, evaluate_run, load_run_spec, restore_params
 from jscale.train.sharding import data_parallel
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
 
 
 def _assert_trees_close(a, b, rtol):
@@ -67,31 +63,24 @@ def test_schedule_warmup_then_cosine_floor():
 def test_train_is_deterministic_and_writes_metrics(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(), dataset)
   dp = data_parallel(1)
-  a = train(run, dataset, tmp_path / "a", dp=dp, progress=lambda p: None)
-  b = train(run, dataset, tmp_path / "b", dp=dp, progress=lambda p: None)
+  a = train(run, dataset, tmp_path / "a", dp=dp, progress=quiet)
+  b = train(run, dataset, tmp_path / "b", dp=dp, progress=quiet)
   assert a["status"] == b["status"] == "done"
   for key in ("train_loss", "val_loss", "val_bpb", "tokens", "flops"):
     assert a[key] == b[key], key
-  records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
-  assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 13))
-  assert [r["step"] for r in records if r["kind"] == "eval"] == [6, 12]
+  assert [r["step"] for r in metrics_records(tmp_path / "a", "train")] == list(range(1, 13))
+  assert [r["step"] for r in metrics_records(tmp_path / "a", "eval")] == [6, 12]
   assert a["tokens"] == 12 * 8 * 16
 
 
 def test_preempted_run_resumes_bit_for_bit(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(), dataset)
   dp = data_parallel(1)
-  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=lambda p: None)
-  calls = []
-
-  def stop_after_six():  # the loop asks once or twice per step
-    calls.append(1)
-    return len(calls) > 7
-
-  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_after_six,
-                progress=lambda p: None)
+  straight = train(run, dataset, tmp_path / "straight", dp=dp, progress=quiet)
+  first = train(run, dataset, tmp_path / "resumed", dp=dp, should_stop=stop_on_call(8),
+                progress=quiet)
   assert first["status"] == "preempted" and first["step"] < 12
-  resumed = train(run, dataset, tmp_path / "resumed", dp=dp, progress=lambda p: None)
+  resumed = train(run, dataset, tmp_path / "resumed", dp=dp, progress=quiet)
   assert resumed["train_loss"] == straight["train_loss"]
   assert resumed["val_loss"] == straight["val_loss"]
   def lines(folder):
@@ -103,7 +92,7 @@ def test_preempted_run_resumes_bit_for_bit(tmp_path, dataset):
 def test_diverged_run_is_marked_with_its_step(tmp_path, dataset):
   run = config_lib.resolve(tiny_config(learning_rate=1e30, clip_norm=0.0, warmup_steps=0),
                            dataset)
-  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=lambda p: None)
+  result = train(run, dataset, tmp_path, dp=data_parallel(1), progress=quiet)
   # The plain single-run step, stepped by hand, says where the loss first stops being finite.
   losses, _ = train_alone(run, dataset, data_parallel(1))
   first_bad = int(np.argmin(np.isfinite(losses))) + 1
@@ -111,37 +100,28 @@ def test_diverged_run_is_marked_with_its_step(tmp_path, dataset):
   assert result["status"] == "diverged" and result["diverged_step"] == first_bad
   assert result["steps"] == first_bad and result["train_loss"] is None
   assert "val_loss" not in result  # no final evaluation of a diverged model
-  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
-  logged = [r["loss"] for r in records if r["kind"] == "train"]
+  logged = [r["loss"] for r in metrics_records(tmp_path, "train")]
   assert len(logged) == first_bad and np.all(np.isfinite(logged[:-1]))
   assert not (tmp_path / "checkpoints" / "12").exists()
 
 
-def test_trained_on_eight_devices_restores_on_one(tmp_path, dataset):
-  run = config_lib.resolve(tiny_config(), dataset)
-  c = tiny_config()
-  (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
-  result = train(run, dataset, tmp_path, dp=data_parallel(8), progress=lambda p: None)
-  record = evaluate_run(tmp_path, data_parallel(1))
+def test_a_folder_trained_alone_evaluates_on_one_device_and_teaches(tmp_path, dataset):
+  """``train`` alone (no sweep) writes the whole run folder: it evaluates on one device
+  after training on eight, and is a distillation teacher by its path."""
+  teacher = tmp_path / "teacher"
+  result = train(config_lib.resolve(tiny_config(), dataset), dataset, teacher,
+                 dp=data_parallel(8), progress=quiet)
+  assert json.loads((teacher / "result.json").read_text()) == result
+  record = evaluate_run(teacher, data_parallel(1))
   assert record["step"] == 12 and record["device_count"] == 1
   np.testing.assert_allclose(record["val_loss"], result["val_loss"], rtol=1e-5)
-
-
-@pytest.mark.parametrize("section,key,value,message", [
-    ("train", "steps", 0, "train.steps must be a positive integer, got 0"),
-    ("train", "schedule", "cosin", "train.schedule must be one of"),
-    ("train", "grad_accum", 3, "train.grad_accum must be a divisor of train.global_batch=8"),
-    ("model", "family", "rnn", "model.family must be one of"),
-    ("model", "width", -4, "model.width"),
-    ("model", "num_heads", 3, "model.num_heads"),
-    ("data", "name", "wikipedia", "data.name must be one of"),
-])
-def test_bad_config_is_a_one_line_value_error(section, key, value, message):
   c = tiny_config()
-  c[section][key] = value
-  with pytest.raises(ValueError) as e:
-    config_lib.resolve(c)
-  assert message in str(e.value) and "\n" not in str(e.value)
+  c.compress.passes, c.compress.distill.teacher = ("distill",), str(teacher)
+  student = config_lib.resolve(c, dataset)
+  (distill,) = compression_for(student, tmp_path / "student", data_parallel(1)).passes
+  teacher_run, _ = load_run_spec(teacher)
+  params, _ = restore_params(teacher, teacher_run, data_parallel(1))
+  assert jax.tree.all(jax.tree.map(np.array_equal, distill.teacher_params, params))
 
 
 def test_batch_not_divisible_by_devices_is_rejected():
@@ -156,9 +136,8 @@ def test_image_classifiers_train_and_report_accuracy(tmp_path, family):
   c.data.name = "digits"
   images = data_lib.load(data_lib.DataSpec(name="digits"))
   run = config_lib.resolve(c, images)
-  result = train(run, images, tmp_path, dp=data_parallel(1), progress=lambda p: None)
+  result = train(run, images, tmp_path, dp=data_parallel(1), progress=quiet)
   assert result["status"] == "done" and result["val_accuracy"] > 0.6  # chance is 0.1
   assert result["tokens"] == 60 * 32  # examples
-  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  losses = [r["loss"] for r in records if r["kind"] == "train"]
+  losses = [r["loss"] for r in metrics_records(tmp_path, "train")]
   assert np.mean(losses[-5:]) < np.mean(losses[:5])

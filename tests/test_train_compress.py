@@ -10,20 +10,11 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_config
 from test_compress_distillation import reference as distillation_reference
 
-from jscale import data as data_lib
-from jscale.train import config as config_lib
-from jscale.train import train
-from jscale.train.restore import compression_for, load_run_spec, restore_params
+from jscale.train.restore import load_run_spec, restore_params
 from jscale.train.sharding import data_parallel
-
-
-@pytest.fixture(scope="module")
-def dataset():
-  return data_lib.load(data_lib.DataSpec(name="synthetic_text", seq_len=16))
-
 
 # Recorded float32 losses match the float64 reference to ~1e-6 here; 8-bit quantization
 # moves them by ~2e-4 or more, so a tolerance between the two tells them apart.
@@ -98,13 +89,7 @@ def logged_train_loss(folder, step):
 
 
 def _train(tmp_path, dataset, config, name="run"):
-  folder = tmp_path / name
-  folder.mkdir()
-  (folder / "config.json").write_text(json.dumps(config.to_dict()))
-  run, dp = config_lib.resolve(config, dataset), data_parallel(1)
-  compression = compression_for(run, folder, dp)  # restores a distillation teacher
-  return train(run, dataset, folder, dp=dp, compression=compression,
-               progress=lambda p: None), folder
+  return train_config(config, dataset, tmp_path / name)[0], tmp_path / name
 
 
 def test_gradual_pruning_reaches_exact_sparsity_and_survives_restore(tmp_path, dataset):
@@ -207,20 +192,3 @@ def test_distilled_student_learns_from_the_restored_teacher(tmp_path, dataset):
   orphan = "compress.distill.teacher 'run:nobody' is not a trained run"
   with pytest.raises(ValueError, match=orphan):
     _train(tmp_path, dataset, missing, "orphan")
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("prune.sparsity", 1.0, "compress.prune.sparsity must be in [0, 1)"),
-    ("ptq.bits", 3, "compress.ptq.bits"),
-    ("passes", ("ptq", "prune"), "ptq/qat and it must come last"),
-    ("passes", ("quantize",), "compress.passes must be"),
-])
-def test_bad_compression_config_is_one_line(field, value, message):
-  c = tiny_config()
-  section, _, key = field.rpartition(".")
-  (c.compress[section] if section else c.compress)[key] = value
-  if section:
-    c.compress.passes = (section,)
-  with pytest.raises(ValueError) as e:
-    config_lib.resolve(c)
-  assert message in str(e.value) and "\n" not in str(e.value)

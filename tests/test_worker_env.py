@@ -1,17 +1,13 @@
 """--worker from the scheduler's environment (SLURM job arrays, Kubernetes Indexed Jobs):
 the same partition of the plan as the explicit --worker=i/K, which always wins."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import cli_env, run_command, sweep_command
 
 from experiments.cli import WORKER_COUNT_VAR, worker_from
 from jscale.sweep.plan import parse_worker
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def slurm(task: int, count: int, first: int = 0, step: int = 1) -> dict[str, str]:
@@ -88,13 +84,9 @@ def test_bad_values_are_one_line_naming_the_variable(flag, environ, variable):
 
 
 def _dry_run(workdir: pathlib.Path, environ: dict[str, str], *flags: str) -> str:
-  env = {k: v for k, v in os.environ.items()
+  env = {k: v for k, v in cli_env(1).items()
          if not k.startswith("SLURM_") and k not in ("JOB_COMPLETION_INDEX", WORKER_COUNT_VAR)}
-  env |= {"JAX_PLATFORMS": "cpu", **environ}
-  done = subprocess.run(
-      [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/smoke.py",
-       f"--workdir={workdir}", "--dry_run", f"--compilation_cache={workdir}/xla", *flags],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  done = run_command(sweep_command(workdir, "--dry_run", *flags), env=env | environ)
   assert done.returncode == 0, done.stderr
   # The plan's rows, which name the other workers' runs; not the measured speeds.
   return "\n".join(line for line in done.stdout.splitlines() if "  w" in line)

@@ -86,6 +86,14 @@ class Composed:
       params = p.after_training(params)
     return params
 
+  @property
+  def frozen(self) -> tuple:
+    """Each pass's frozen arrays (``base`` docstring), in order."""
+    return tuple(p.frozen for p in self.passes)
+
+  def with_frozen(self, frozen: tuple) -> "Composed":
+    return Composed(tuple(p.with_frozen(f) for p, f in zip(self.passes, frozen)))
+
   def report(self, params) -> dict:
     record = {"compress": self.name, "compress_realised": self.realised,
               **weight_report(params)}

@@ -12,6 +12,11 @@ pass unconditionally, so a pass cannot be silently skipped:
   post_update(params, opt_state, step)  after each optimizer update, jit-safe
   after_training(params)       post-training transforms (one-shot pruning, PTQ)
 
+A pass whose hooks read arrays it never updates (a distillation teacher's parameters)
+exposes them as ``frozen`` and rebuilds itself around other values with
+``with_frozen``: the train step takes them as arguments, laid out on the device mesh,
+instead of closing over them as constants.
+
 and ``report(params)`` adds its numbers to the run record. ``realised`` says whether the
 pass's compute is real (int8 operands in the matmuls) or simulated in float (masks,
 fake quantization): sparse weights are multiplied as dense float matrices either way.
@@ -28,6 +33,7 @@ import numpy as np
 import optax
 
 from jscale.errors import BadInput
+from jscale.models import params as params_lib
 
 ApplyFn = Callable  # (params, inputs) -> logits
 LossFn = Callable  # (logits, batch) -> scalar
@@ -53,6 +59,13 @@ class CompressionPass(Protocol):
     ...
 
   def report(self, params) -> dict:
+    ...
+
+  @property
+  def frozen(self):
+    ...
+
+  def with_frozen(self, frozen) -> "CompressionPass":
     ...
 
 
@@ -84,6 +97,14 @@ class Identity:
     del params
     return {}
 
+  @property
+  def frozen(self):
+    return None
+
+  def with_frozen(self, frozen):
+    del frozen
+    return self
+
 
 @flax.struct.dataclass
 class QuantizedArray:
@@ -108,11 +129,12 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def selector(include: str, field: str) -> Callable:
+def selector(include: str, field: str,
+             table: params_lib.ParamTable = params_lib.GENERIC) -> Callable:
   """``select(path, leaf) -> bool``: the default rule or a regex over path names.
 
-  Default (``include == ""``): leaves named ``kernel`` with more than one dimension,
-  i.e. Dense/DenseGeneral/Conv weights, never embeddings, norm scales or biases.
+  Default (``include == ""``): the weight matrices of the model's parameter ``table``
+  (Dense/DenseGeneral/Conv weights, never embeddings, norm scales or biases).
   """
   if include:
     try:
@@ -120,7 +142,7 @@ def selector(include: str, field: str) -> Callable:
     except re.error as e:
       raise BadInput(f"{field} must be a valid regex, got {include!r} ({e})") from None
     return lambda path, leaf: np.ndim(leaf) >= 1 and bool(pattern.search(path_name(path)))
-  return lambda path, leaf: getattr(path[-1], "key", None) == "kernel" and np.ndim(leaf) >= 2
+  return lambda path, leaf: table.role(path_name(path)).matrix
 
 
 def selected(params, select: Callable, field: str, include: str):

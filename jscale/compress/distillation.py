@@ -73,3 +73,10 @@ class Distillation(base.Identity):
   def report(self, params) -> dict:
     del params
     return {"distill_temperature": self.temperature, "distill_weight": self.weight}
+
+  @property
+  def frozen(self):
+    return self.teacher_params
+
+  def with_frozen(self, frozen):
+    return dataclasses.replace(self, teacher_params=frozen)

@@ -19,6 +19,7 @@ import optax
 
 from jscale.compress import base
 from jscale.errors import BadInput
+from jscale.models import params as params_lib
 
 STRUCTURES = ("unstructured", "n:m")
 SCOPES = ("layer", "global")
@@ -80,8 +81,10 @@ class MagnitudePruning(base.Identity):
     n, m: the N:M pattern, e.g. 2 and 4.
     when: "gradual" (during training on the cubic schedule) or "one_shot" (after training).
     start_step, end_step, update_every: the gradual schedule (optimizer update counts).
-    include: regex over parameter paths ('block_0/mlp/up/kernel'); "" = every kernel
-      with more than one dimension (not embeddings, norms or biases).
+    include: regex over parameter paths ('block_0/mlp/up/kernel'); "" = the weight
+      matrices of ``table`` (not embeddings, norms or biases).
+    table: the parameter table of the model pruned (``jscale.models.params``; its
+      family's, set by ``jscale.train.config``); GENERIC takes every "kernel".
   """
   name: ClassVar[str] = "prune"
   realised: ClassVar[bool] = False
@@ -95,6 +98,7 @@ class MagnitudePruning(base.Identity):
   end_step: int = 1000
   update_every: int = 10
   include: str = ""
+  table: params_lib.ParamTable = dataclasses.field(default=params_lib.GENERIC, repr=False)
 
   def __post_init__(self):
     f = "compress.prune"
@@ -118,7 +122,8 @@ class MagnitudePruning(base.Identity):
 
   def prunable(self, params):
     field = "compress.prune.include"
-    flags = base.selected(params, base.selector(self.include, field), field, self.include)
+    flags = base.selected(params, base.selector(self.include, field, self.table), field,
+                          self.include)
     if self.structure == "n:m":
       for flag, (path, leaf) in zip(jax.tree.leaves(flags),
                                     jax.tree_util.tree_leaves_with_path(params)):

@@ -25,6 +25,7 @@ from flax.linen.dtypes import promote_dtype
 
 from jscale.compress import base
 from jscale.errors import BadInput
+from jscale.models import params as params_lib
 
 BITS = (4, 8)
 LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv)
@@ -126,16 +127,23 @@ def _is_ours(module) -> bool:
   return isinstance(op, functools.partial) and op.func in _OURS
 
 
-def interceptor(mode: str, weight_bits: int, activation_bits: int | None, include: str):
-  """``nn.intercept_methods`` function running selected layers in ``mode``."""
+def interceptor(mode: str, weight_bits: int, activation_bits: int | None, include: str,
+                table: params_lib.ParamTable = params_lib.GENERIC):
+  """``nn.intercept_methods`` function running selected layers in ``mode``: those whose
+  kernel path ``include`` matches, or with ``include`` "", whose kernel is a weight
+  matrix of ``table``."""
   pattern = re.compile(include) if include else None
+
+  def selected(module) -> bool:
+    name = "/".join(module.path + ("kernel",))
+    return bool(pattern.search(name)) if pattern else table.role(name).matrix
 
   def intercept(next_fun, args, kwargs, context):
     module = context.module
     if (context.method_name != "__call__" or not isinstance(module, LAYERS)
         or _is_ours(module) or not module.has_variable("params", "kernel")):
       return next_fun(*args, **kwargs)
-    if pattern and not pattern.search("/".join(module.path + ("kernel",))):
+    if not selected(module):
       return next_fun(*args, **kwargs)
     kernel = module.get_variable("params", "kernel")
     variables = dict(module.variables["params"])
@@ -157,13 +165,14 @@ def interceptor(mode: str, weight_bits: int, activation_bits: int | None, includ
 
 
 def quantized_apply(apply_fn, *, mode: str, weight_bits: int = 8,
-                    activation_bits: int | None = 8, include: str = ""):
+                    activation_bits: int | None = 8, include: str = "",
+                    table: params_lib.ParamTable = params_lib.GENERIC):
   """Wraps ``apply_fn(params, inputs)`` so its Dense/Conv layers run in ``mode``.
 
   In "int" mode ``params`` may hold float kernels (quantized on the fly) or
   :class:`QuantizedArray` kernels from :func:`quantize_params`.
   """
-  intercept = interceptor(mode, weight_bits, activation_bits, include)
+  intercept = interceptor(mode, weight_bits, activation_bits, include, table)
 
   def wrapped(params, inputs):
     with nn.intercept_methods(intercept):
@@ -179,14 +188,14 @@ def int8_apply(module: nn.Module, params, inputs, *, activation_bits: int | None
   return apply_fn(params, inputs)
 
 
-def quantize_params(params, bits: int = 8, include: str = "", field: str = "compress.ptq"):
-  """Selected kernels become :class:`QuantizedArray` (int8 values + float32 scales)."""
-  flags = base.selected(params, base.selector(include, f"{field}.include"),
+def quantize_params(params, bits: int = 8, include: str = "", field: str = "compress.ptq",
+                    table: params_lib.ParamTable = params_lib.GENERIC):
+  """Selected weight matrices of ``table`` become :class:`QuantizedArray` (int8 values +
+  float32 scales); ``include`` (a regex) narrows the selection."""
+  flags = base.selected(params, base.selector(include, f"{field}.include", table),
                         f"{field}.include", include)
-  is_kernel = jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
   return jax.tree.map(lambda f, k, p: quantize(p, bits) if f and k else p,
-                      flags, is_kernel, params)
+                      flags, table.matrices(params), params)
 
 
 def _check(field: str, bits: int, activation_bits, include: str) -> None:
@@ -209,12 +218,15 @@ class PostTrainingQuantization(base.Identity):
   Attributes:
     bits: weight bits, 8 or 4.
     activation_bits: dynamic per-token activation bits, 8 or 4; 0 keeps activations float.
-    include: regex over kernel paths; "" = every Dense/DenseGeneral/Conv kernel.
+    include: regex over kernel paths; "" = every weight matrix of ``table``.
+    table: the parameter table of the model quantized (``jscale.models.params``; its
+      family's, set by ``jscale.train.config``); GENERIC takes every "kernel".
   """
   name: ClassVar[str] = "ptq"
   bits: int = 8
   activation_bits: int = 8
   include: str = ""
+  table: params_lib.ParamTable = dataclasses.field(default=params_lib.GENERIC, repr=False)
 
   def __post_init__(self):
     _check(f"compress.{self.name}", self.bits, self.activation_bits, self.include)
@@ -227,10 +239,12 @@ class PostTrainingQuantization(base.Identity):
     if training:
       return apply_fn
     return quantized_apply(apply_fn, mode="int", weight_bits=self.bits,
-                           activation_bits=self.activation_bits or None, include=self.include)
+                           activation_bits=self.activation_bits or None, include=self.include,
+                           table=self.table)
 
   def after_training(self, params):
-    return quantize_params(params, self.bits, self.include, f"compress.{self.name}")
+    return quantize_params(params, self.bits, self.include, f"compress.{self.name}",
+                           self.table)
 
   def report(self, params) -> dict:
     del params
@@ -248,4 +262,5 @@ class QuantizationAwareTraining(PostTrainingQuantization):
     if not training:
       return super().wrap_apply(apply_fn, training=False)
     return quantized_apply(apply_fn, mode="fake", weight_bits=self.bits,
-                           activation_bits=self.activation_bits or None, include=self.include)
+                           activation_bits=self.activation_bits or None, include=self.include,
+                           table=self.table)

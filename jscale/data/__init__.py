@@ -4,24 +4,26 @@
 of (seed, step): ``train_batch(step, batch_size, seed, shard_index=0,
 shard_count=1)`` gives one shard's rows of global batch ``step``, and
 ``eval_batches(batch_size, num_batches)`` a fixed list of validation batches.
-Text datasets give int32 byte tokens ``{"inputs", "targets"}`` of shape
-[B, seq_len]; image datasets float32 images [B, H, W, C] in [0, 1] and int32
-labels [B]. See text.py and images.py for the split and ordering rules, and
-fetch.py for putting real corpora into the cache.
+Text datasets give int32 tokens ``{"inputs", "targets"}`` of shape [B, seq_len]:
+bytes for the packaged corpora, BPE tokens for a token folder (``name="tokens"``,
+made by ``experiments.tokenize``; see tokens.py); image datasets float32 images
+[B, H, W, C] in [0, 1] and int32 labels [B]. See text.py, tokens.py and images.py
+for the split and ordering rules, experiments/fetch_data.py for putting real
+corpora into the cache, and prefetch.py for loading batches ahead.
 """
 
 import dataclasses
 import numbers
 
 from jscale.data import cache as cache_lib
-from jscale.data import corpora, images, synthetic, text
+from jscale.data import corpora, images, synthetic, text, tokens
 from jscale.errors import BadInput
 
-TEXT_CORPORA = ("shakespeare", "stdlib", "gcide", "files", "synthetic_text")
+TEXT_CORPORA = ("shakespeare", "stdlib", "gcide", "files", "synthetic_text", "tokens")
 IMAGE_CORPORA = ("mnist", "digits", "fashion_mnist", "synthetic_images")
 CORPORA = TEXT_CORPORA + IMAGE_CORPORA
 
-Dataset = text.TextDataset | images.ImageDataset
+Dataset = text.TextDataset | tokens.TokenDataset | images.ImageDataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,7 @@ class DataSpec:
   seq_len: int = 128  # Text only: tokens per example.
   validation_fraction: float = 0.1  # Share of documents (text) or of each class.
   files_glob: str = ""  # Only for name == "files": local or gs:// glob.
+  tokens_dir: str = ""  # Only for name == "tokens": a token folder, local or gs://.
   cache_dir: str = ""  # "" = $JSCALE_DATA_DIR, else ~/.cache/jscale.
 
 
@@ -52,6 +55,9 @@ def check_spec(spec: DataSpec) -> None:
     raise BadInput(f"data.files_glob must be a non-empty glob exactly when "
                      f"data.name is 'files', got {spec.files_glob!r} with data.name="
                      f"{spec.name!r}")
+  if not isinstance(spec.tokens_dir, str) or (spec.name == "tokens") != bool(spec.tokens_dir):
+    raise BadInput(f"data.tokens_dir must be a token folder exactly when data.name is "
+                   f"'tokens', got {spec.tokens_dir!r} with data.name={spec.name!r}")
   if not isinstance(spec.cache_dir, str):
     raise BadInput(f"data.cache_dir must be a string, got {spec.cache_dir!r}")
 
@@ -88,6 +94,8 @@ def _image_dataset(spec: DataSpec) -> images.ImageDataset:
 def load(spec: DataSpec) -> Dataset:
   """The dataset `spec` names; ValueError (one line) if it is malformed or missing."""
   check_spec(spec)
+  if spec.name == "tokens":
+    return tokens.TokenDataset(spec.tokens_dir, spec.seq_len)
   if spec.name in TEXT_CORPORA:
     documents, source = _text_documents(spec)
     return text.TextDataset(spec.name, documents, spec.seq_len,

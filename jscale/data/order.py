@@ -17,13 +17,20 @@ _ROUNDS = 6
 _MASK64 = (1 << 64) - 1
 
 
+# NumPy scalars made once: building one from a Python int costs more than the arithmetic
+# on a batch's few values.
+_SHIFTS = np.uint64(30), np.uint64(27), np.uint64(31)
+_MULTIPLIERS = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_ROUND_OFFSETS = tuple(np.uint64((r + 1) * 0x9E3779B97F4A7C15 & _MASK64) for r in range(_ROUNDS))
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
   """SplitMix64's finaliser: a fast bijective scramble of uint64 values."""
-  x = x ^ (x >> np.uint64(30))
-  x = x * np.uint64(0xBF58476D1CE4E5B9)
-  x = x ^ (x >> np.uint64(27))
-  x = x * np.uint64(0x94D049BB133111EB)
-  return x ^ (x >> np.uint64(31))
+  x = x ^ (x >> _SHIFTS[0])
+  x *= _MULTIPLIERS[0]
+  x ^= x >> _SHIFTS[1]
+  x *= _MULTIPLIERS[1]
+  return x ^ (x >> _SHIFTS[2])
 
 
 def epoch_keys(seed: int, epochs: np.ndarray) -> np.ndarray:
@@ -43,8 +50,7 @@ def permute(indices: np.ndarray, n: int, keys: np.ndarray) -> np.ndarray:
   half_bits = max(1, (int(n - 1).bit_length() + 1) // 2)
   half_mask = np.uint64((1 << half_bits) - 1)
   shift = np.uint64(half_bits)
-  round_keys = [_mix(keys + np.uint64((r + 1) * 0x9E3779B97F4A7C15 & _MASK64))
-                for r in range(_ROUNDS)]
+  round_keys = [_mix(keys + offset) for offset in _ROUND_OFFSETS]
 
   def feistel(x, round_keys):
     left, right = x >> shift, x & half_mask
@@ -54,11 +60,12 @@ def permute(indices: np.ndarray, n: int, keys: np.ndarray) -> np.ndarray:
 
   # Cycle walking: re-encrypt values that land outside [0, n) until they don't.
   # The domain is under 4n, so this takes a few passes.
+  bound = np.uint64(n)
   out = feistel(indices.astype(np.uint64), round_keys)
-  outside = np.flatnonzero(out >= np.uint64(n))
+  outside = np.flatnonzero(out >= bound)
   while outside.size:
     out[outside] = feistel(out[outside], [k[outside] for k in round_keys])
-    outside = outside[out[outside] >= np.uint64(n)]
+    outside = outside[out[outside] >= bound]
   return out.astype(np.int64)
 
 

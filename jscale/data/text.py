@@ -78,6 +78,7 @@ class TextDataset:
 
   kind = "text"
   vocab_size = VOCAB_SIZE
+  bytes_per_token = 1.0  # byte tokens: val_bpb is nats per token / ln 2
 
   def __init__(self, name: str, documents: Sequence[Document], seq_len: int,
                validation_fraction: float, source: dict):

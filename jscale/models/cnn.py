@@ -36,9 +36,24 @@ import jax.numpy as jnp
 
 from jscale.errors import BadInput
 from jscale.models import spec as spec_lib
+from jscale.models.params import Param, ParamTable
 
 MAX_DOWNSAMPLES = 2
 KERNEL_SIZE = 3
+
+# What each parameter is (jscale.models.params): the stem reads the image (input-like),
+# the block convolutions are hidden, the head is the output layer. Logical axes: embed =
+# the channels (or, for the head, the flattened features) a layer reads, which FSDP
+# splits; mlp = the channels a convolution writes, which tensor parallelism splits; the
+# 3x3 window and the classes stay whole.
+PARAMS = ParamTable((
+    Param("stem/kernel", "input", ("window", "window", "embed", "mlp")),
+    Param(r"conv_\d+/kernel", "hidden", ("window", "window", "embed", "mlp")),
+    Param(r"(stem|conv_\d+)/bias", "bias", ("mlp",)),
+    Param(r"(norm_\d+|final_norm)/(scale|bias)", "norm", ("embed",)),
+    Param("head/kernel", "output", ("embed", "classes")),
+    Param("head/bias", "bias", ("classes",)),
+))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +69,7 @@ class CNNSpec(spec_lib.ImageClassifierSpec):
     dtype: compute dtype; parameters are float32 either way.
   """
   family: ClassVar[str] = "cnn"
+  param_table: ClassVar[ParamTable] = PARAMS
   width: int = 32
   depth: int = 2
   input_shape: tuple[int, int, int] = (28, 28, 1)

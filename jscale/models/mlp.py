@@ -23,6 +23,19 @@ import jax
 import jax.numpy as jnp
 
 from jscale.models import spec as spec_lib
+from jscale.models.params import Param, ParamTable
+
+# What each parameter is (jscale.models.params): the first layer is input-like (its
+# fan-in is the image), the D x D layers hidden, the head the output layer. Logical
+# axes: embed = the features a layer reads (FSDP splits them), mlp = the units it
+# writes (tensor parallelism splits them); the classes stay whole.
+PARAMS = ParamTable((
+    Param("hidden_0/kernel", "input", ("embed", "mlp")),
+    Param(r"hidden_[1-9]\d*/kernel", "hidden", ("embed", "mlp")),
+    Param(r"hidden_\d+/bias", "bias", ("mlp",)),
+    Param("head/kernel", "output", ("embed", "classes")),
+    Param("head/bias", "bias", ("classes",)),
+))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +52,7 @@ class MLPSpec(spec_lib.ImageClassifierSpec):
     dtype: compute dtype; parameters are float32 either way.
   """
   family: ClassVar[str] = "mlp"
+  param_table: ClassVar[ParamTable] = PARAMS
   width: int = 128
   depth: int = 2
   input_shape: tuple[int, int, int] = (28, 28, 1)
@@ -72,12 +86,6 @@ class MLPSpec(spec_lib.ImageClassifierSpec):
     """Training FLOPs per example; convention in ``jscale.models.flops``."""
     first_layer = self.input_size * self.width
     return float(6 * self.multiply_adds() - 2 * first_layer)
-
-  def learning_rate_multipliers(self, params):
-    """1/m for the D x D kernels and the head's under muP; else 1."""
-    return spec_lib.matrix_multipliers(
-        self, params, lambda module: module == "head" or (
-            module.startswith("hidden_") and module != "hidden_0"))
 
 
 class MLP(nn.Module):

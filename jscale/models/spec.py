@@ -4,9 +4,10 @@ A spec is a frozen dataclass that fully describes one architecture at one size.
 It builds its flax module, makes dummy inputs for ``module.init``, and knows
 its own parameter count and training FLOPs in closed form, so sweeps can plan
 compute without initialising anything. The FLOPs convention is stated once, in
-``jscale/models/flops.py``. It also knows what the training code must not guess
-from parameter names: which parameters Kaplan's N counts, and each parameter's
-learning-rate multiplier under its parametrization.
+``jscale/models/flops.py``. Its family's ``param_table`` (``jscale.models.params``)
+says what each parameter is, so the training code never guesses from names: which
+parameters Kaplan's N counts, each one's learning-rate multiplier under the
+parametrization, which are decayed, compressed and quantized, and how each is sharded.
 
 Parametrizations. "sp" is the standard parametrization described in each
 family's module docstring. "mup" is the Maximal Update Parametrization for Adam
@@ -33,13 +34,14 @@ parametrization.
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jscale.errors import BadInput
+from jscale.models.params import ParamTable
 
 # Parameters are always float32; these are the allowed compute dtypes.
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -75,6 +77,8 @@ class ModelSpec(Protocol):
   depth: int
   dtype: str
   parametrization: str  # one of PARAMETRIZATIONS (see the module docstring)
+  # What each parameter is: its role and the logical axis of each dimension.
+  param_table: ClassVar[ParamTable]
 
   def make_module(self) -> nn.Module:
     ...
@@ -160,29 +164,18 @@ def head_init_std(spec: ModelSpec, fan_in: int) -> float:
   return HEAD_LOGIT_STD / math.sqrt(fan_in) / math.sqrt(mup_width_ratio(spec))
 
 
-def map_with_names(params, value_of: Callable[[tuple[str, ...]], Any]) -> Any:
-  """A pytree with the structure of ``params`` holding ``value_of(names)`` at each leaf,
-  where ``names`` is the leaf's path of dict keys, e.g. ("block_0", "mlp", "up",
-  "kernel"). Masks and multipliers are decided by module names, never by shapes, so
-  they do not change under ``vmap`` or a leading run axis."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: value_of(tuple(str(getattr(k, "key", k)) for k in path)), params)
+class DerivedFromParamTable:
+  """The per-parameter answers of a spec, read off its family's ``param_table``
+  (``jscale.models.params``): N's mask and muP's learning-rate multipliers."""
+
+  def non_embedding_mask(self, params):
+    return self.param_table.non_embedding(params)
+
+  def learning_rate_multipliers(self, params):
+    return self.param_table.learning_rate_multipliers(params, mup_width_ratio(self))
 
 
-def matrix_multipliers(spec: ModelSpec, params, scaled_modules: Callable[[str], bool]):
-  """Learning-rate multipliers: 1/m for the kernels of modules ``scaled_modules``
-  accepts (hidden matrices and the head), 1 for every other leaf (Table 3's Adam row)."""
-  ratio = mup_width_ratio(spec)
-
-  def multiplier(names: tuple[str, ...]) -> float:
-    if len(names) >= 2 and names[-1] == "kernel" and scaled_modules(names[-2]):
-      return 1.0 / ratio
-    return 1.0
-
-  return map_with_names(params, multiplier)
-
-
-class ImageClassifierSpec:
+class ImageClassifierSpec(DerivedFromParamTable):
   """What the image classifier specs (MLP, CNN) share: validation of the image fields,
   one example per unit, and zero images as dummy inputs. Mixed into frozen dataclasses
   that declare ``width``, ``depth``, ``input_shape``, ``num_classes``, ``dtype`` and
@@ -200,11 +193,3 @@ class ImageClassifierSpec:
 
   def dummy_inputs(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, *self.input_shape), jnp.float32)
-
-  def non_embedding_mask(self, params):
-    """Classifiers have no embedding tables: every parameter counts in N."""
-    return jax.tree.map(lambda _: True, params)
-
-  def learning_rate_multipliers(self, params):
-    """1.0 for every leaf; a family that offers muP overrides this."""
-    return jax.tree.map(lambda _: 1.0, params)

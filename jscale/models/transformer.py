@@ -36,17 +36,29 @@ import numpy as np
 
 from jscale.errors import BadInput
 from jscale.models import spec as spec_lib
+from jscale.models.params import Param, ParamTable
 
 POSITIONS = ("rotary", "learned")
-# Parameter modules outside Kaplan's non-embedding count N.
-EMBEDDING_MODULES = ("token_embedding", "position_embedding", "head")
-# Modules whose kernels learn 1/m as fast under muP: hidden matrices and the head.
-MUP_SCALED_MODULES = ("qkv", "out", "up", "down", "head")
 ROPE_BASE = 10_000.0
+
+# What each parameter is (jscale.models.params). The embeddings and the head are outside
+# Kaplan's N; the four block projections and the head learn 1/m as fast under muP.
+# Logical axes: embed = D, the residual stream (FSDP splits it); mlp = F, heads = H and
+# vocab = V (tensor parallelism splits them); qkv, head_dim = K and position stay whole.
+PARAMS = ParamTable((
+    Param("token_embedding/embedding", "embedding", ("vocab", "embed")),
+    Param("position_embedding", "embedding", ("position", "embed")),
+    Param(r"block_\d+/attention/qkv/kernel", "hidden", ("embed", "qkv", "heads", "head_dim")),
+    Param(r"block_\d+/attention/out/kernel", "hidden", ("heads", "head_dim", "embed")),
+    Param(r"block_\d+/mlp/up/kernel", "hidden", ("embed", "mlp")),
+    Param(r"block_\d+/mlp/down/kernel", "hidden", ("mlp", "embed")),
+    Param(r"(block_\d+/(attention|mlp)_norm|final_norm)/(scale|bias)", "norm", ("embed",)),
+    Param("head/kernel", "unembedding", ("embed", "vocab")),
+))
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerSpec:
+class TransformerSpec(spec_lib.DerivedFromParamTable):
   """A GPT-style language model at one size.
 
   Attributes:
@@ -68,6 +80,7 @@ class TransformerSpec:
   """
   family: ClassVar[str] = "transformer"
   is_language_model: ClassVar[bool] = True
+  param_table: ClassVar[ParamTable] = PARAMS
   width: int = 64
   depth: int = 2
   num_heads: int = 4
@@ -137,16 +150,6 @@ class TransformerSpec:
 
   def make_module(self) -> nn.Module:
     return Transformer(self)
-
-  def non_embedding_mask(self, params):
-    """True for the leaves Kaplan's N counts: all but the embeddings and the head."""
-    return spec_lib.map_with_names(
-        params, lambda names: not set(names) & set(EMBEDDING_MODULES))
-
-  def learning_rate_multipliers(self, params):
-    """1/m for the block projections' and the head's kernels under muP; else 1."""
-    return spec_lib.matrix_multipliers(
-        self, params, lambda module: module in MUP_SCALED_MODULES)
 
   def dummy_inputs(self, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, self.context_length), jnp.int32)

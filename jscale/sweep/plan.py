@@ -28,12 +28,10 @@ from jscale.models import flops as flops_lib
 from jscale.sweep.spec import AXIS_KEYS, SweepSpec
 from jscale.train import config as config_lib
 from jscale.train import folder as folder_lib
+from jscale.train import memory, sharding
 from jscale.train.optim import cooldown_start
 from jscale.train.spec import RunSpec
 
-# Fields that do not change a run's numbers, left out of its id.
-_NOT_IN_ID = {("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
-              ("checkpoint", "async_save"), ("checkpoint", "keep_steps")}
 # Keys added after run ids were first defined: left out of the id while they hold their
 # default (base_config's), so the runs of existing workdirs keep their ids.
 _LATER_KEYS = (("train", "cooldown_fraction"), ("train", "cooldown_shape"),
@@ -43,10 +41,6 @@ _LATER_KEYS = (("train", "cooldown_fraction"), ("train", "cooldown_shape"),
 COMPARABLE_FIELDS = ("model.family", "model.parametrization", "data.name", "data.seq_len",
                      "data.validation_fraction", "data.files_glob", "train.eval_batches",
                      "train.global_batch")
-
-
-# Bytes per parameter while training: float32 weights, gradients and two AdamW moments.
-_BYTES_PER_PARAM = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +73,8 @@ class PlannedRun:
 
 
 def run_id(config: ml_collections.ConfigDict) -> str:
-  resolved = config_lib.run_config_dict(config)
-  for section, key in _NOT_IN_ID:
-    resolved.get(section, {}).pop(key, None)
+  """A hash of what the run computes (``config.identity``)."""
+  resolved = config_lib.identity(config_lib.run_config_dict(config))
   defaults = config_lib.base_config()
   for section, key in _LATER_KEYS:
     if resolved.get(section, {}).get(key, defaults[section][key]) == defaults[section][key]:
@@ -95,11 +88,14 @@ def _planned(config: ml_collections.ConfigDict, label: str, dataset, **fields) -
                     config_json=config_lib.record(config), **fields)
 
 
-def comparable_fields(config: ml_collections.ConfigDict) -> dict:
+def comparable_fields(config: ml_collections.ConfigDict, dataset) -> dict:
   values = {}
   for dotted in COMPARABLE_FIELDS:
     section, key = dotted.split(".")
     values[dotted] = config[section][key]
+  # The data's content (a token folder's manifest fingerprint): a changed corpus is
+  # another experiment even under the same name or folder.
+  values["data.content_sha256"] = dataset.metadata()["content_sha256"]
   return values
 
 
@@ -228,9 +224,11 @@ def _students(runs: list[PlannedRun], dataset) -> list[PlannedRun]:
   return students
 
 
-def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[PlannedRun]:
+def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset,
+              device_count: int = 0) -> list[PlannedRun]:
   """Expands the sweep ``s`` over the run config ``config`` into runs: smallest compute
-  first, distilled students last (after their teacher)."""
+  first, distilled students last (after their teacher). ``device_count`` (0 = all) is
+  what the memory check splits the runs over."""
   _check_pinned(config, s)
   widths = s.widths or [config.model.width]
   depths = s.depths or [config.model.depth]
@@ -275,7 +273,7 @@ def plan_runs(config: ml_collections.ConfigDict, s: SweepSpec, dataset) -> list[
   ids = [r.run_id for r in runs]
   if len(set(ids)) != len(ids):
     raise BadInput("the sweep lists the same run twice; remove duplicate axis values")
-  check_fits(runs, s)
+  check_fits(runs, s, config_lib.layout_spec(config), device_count)
   _check_teachers(runs)
   return sorted(runs, key=lambda r: (r.teacher_id is not None, r.trunk_id is not None,
                                      r.flops, r.label))
@@ -290,16 +288,6 @@ def _check_teachers(runs: list[PlannedRun]) -> None:
       if not folder_lib.is_trained_run(p.teacher):
         raise BadInput(f"compress.distill.teacher {p.teacher} is not a trained run "
                        f"(no {folder_lib.CONFIG} and {folder_lib.CHECKPOINTS}/ there)")
-
-
-def estimated_memory_bytes(run: RunSpec, devices: int) -> int:
-  """A lower bound on one device's memory to train ``run`` data parallel on ``devices``:
-  16 bytes per parameter (see _BYTES_PER_PARAM) plus, per unit of its micro-batch, the
-  float32 input and output of each layer (2 x depth x width); real activations (MLP
-  hidden, attention scores) only add to this."""
-  micro_batch = -(-run.train.global_batch // (run.train.grad_accum * devices))
-  activations = 4 * 2 * run.model.depth * run.model.width * run.model.units_per_example
-  return (_BYTES_PER_PARAM * run.model.param_counts().total + activations * micro_batch)
 
 
 # Where the devices' peak is unknown (CPUs), sweep.max_flops=0 admits this much: about a
@@ -323,9 +311,12 @@ def device_memory_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(runs: list[PlannedRun], s: SweepSpec) -> None:
+def check_fits(runs: list[PlannedRun], s: SweepSpec,
+               layout: sharding.LayoutSpec = sharding.LayoutSpec(),
+               device_count: int = 0) -> None:
   """Refuses a plan this machine cannot finish (sweep.max_flops) or hold
-  (sweep.max_memory_gb), stating the estimate and the key that raises the limit."""
+  (sweep.max_memory_gb: bytes per device on the run's mesh, ``jscale.train.memory``),
+  stating the estimate, a mesh that would hold it, and the key that raises the limit."""
   max_flops = s.max_flops
   limit = max_flops or default_max_flops(runs[0].spec.train.compute_dtype)
   total = sum(r.cost_flops for r in runs)
@@ -337,15 +328,24 @@ def check_fits(runs: list[PlannedRun], s: SweepSpec) -> None:
                      f"e.g. --config.sweep.max_flops={_round_up(total):.2g}")
   limit_gb = s.max_memory_gb
   limit = limit_gb * 1e9 or device_memory_bytes()
-  devices = jax.device_count()
-  need, largest = max((estimated_memory_bytes(r.spec, devices), r.label) for r in runs)
+  devices = device_count or jax.device_count()
+  sizes = sharding.mesh_sizes(layout.mesh, devices)
+  estimator = memory.Estimator(layout.shard_min_bytes)
+  need, largest = max((estimator.bytes_per_device(r.spec, sizes, limit), i)
+                      for i, r in enumerate(runs))
   if need > limit:
+    run = runs[largest]
     where = (f"sweep.max_memory_gb={limit_gb:g}" if limit_gb
              else f"the {limit / 1e9:.3g} GB of one device (sweep.max_memory_gb=0)")
-    raise BadInput(f"run {largest} needs at least {need / 1e9:.3g} GB per device "
-                     f"(parameters, gradients and AdamW state plus activations), over {where}; "
-                     "shrink it, or if the estimate is wrong raise the limit, e.g. "
-                     f"--config.sweep.max_memory_gb={_round_up(need / 1e9):.2g}")
+    fits = estimator.fitting_mesh(run.spec, devices, memory.per_host_devices(), limit)
+    mesh = ",".join(str(n) for n in sizes.values())
+    remedy = (f"train it on --config.train.mesh='({','.join(map(str, fits[0]))})' "
+              f"({fits[1] / 1e9:.3g} GB per device), shrink it,"
+              if fits else f"no mesh of these {devices} devices holds it: shrink it,")
+    raise BadInput(f"run {run.label} needs at least {need / 1e9:.3g} GB per device on the "
+                   f"mesh ({mesh}) (parameters, gradients and AdamW state plus activations), "
+                   f"over {where}; {remedy} or if the estimate is wrong raise the limit, "
+                   f"e.g. --config.sweep.max_memory_gb={_round_up(need / 1e9):.2g}")
 
 
 def _round_up(x: float) -> float:

@@ -27,27 +27,30 @@ from jscale.fit import diagnostics, registry
 from jscale.sweep import analysis
 from jscale.sweep import plan as plan_lib
 from jscale.sweep.spec import SweepSpec
+from jscale.train import memory
 from jscale.train.metrics import format_eta
 from jscale.train.sharding import DataParallel
-from jscale.train.step import build_run, make_train_step
+from jscale.train.step import build_run, fresh_state, jit_train_step
 
 
-def measure_flops_per_second(run: plan_lib.PlannedRun, dataset, dp: DataParallel,
-                             steps: int = 3) -> float:
-  """Training FLOP/s of ``run``'s shape, timed over a few steps after compilation."""
+def measure_step(run: plan_lib.PlannedRun, dataset, dp: DataParallel,
+                 steps: int = 3) -> tuple[float, memory.CompiledMemory]:
+  """Training FLOP/s of ``run``'s shape, timed over a few steps after compilation, and
+  XLA's memory analysis of the compiled step."""
   spec = run.spec
   built = build_run(spec)
-  step = make_train_step(built, dp)
-  state = jax.jit(lambda: built.init(0), out_shardings=dp.replicated)()
+  step, frozen = jit_train_step(built, dp)
+  state = fresh_state(built, dp, 0)
   batch = dp.shard_batch(dataset.train_batch(0, spec.train.global_batch, 0))
-  state, metrics = step(state, batch)
+  compiled = step.lower(state, batch, frozen).compile()
+  state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step(state, batch)
+    state, metrics = compiled(state, batch, frozen)
   jax.block_until_ready(metrics)
   per_step = (time.perf_counter() - start) / steps
-  return run.flops / spec.train.steps / per_step
+  return run.flops / spec.train.steps / per_step, memory.CompiledMemory.of(compiled)
 
 
 def hours_warning(total_seconds: float, max_hours: float) -> str | None:
@@ -174,9 +177,14 @@ def plan_lines(runs: list[plan_lib.PlannedRun], rates: list[float],
 def preview(runs: list[plan_lib.PlannedRun], dataset, dp: DataParallel,
             worker: tuple[int, int], max_hours: float = 0.0,
             law_params: str = SweepSpec.law_params) -> list[str]:
-  """The plan table with rates measured on this machine (see ``plan_lines``), and its
-  design (``design_lines``, N counted as ``law_params``)."""
+  """The plan table with rates measured on this machine (see ``plan_lines``), the
+  memory the largest run's compiled step needs on each device of the mesh, and the
+  plan's design (``design_lines``, N counted as ``law_params``)."""
   ends = [runs[0], runs[-1]] if len(runs) > 1 else [runs[0]]
-  table = plan_lines(runs, [measure_flops_per_second(r, dataset, dp) for r in ends], worker,
-                     max_hours)
-  return table + design_lines(plan_design(runs, law_params, dataset.kind == "text"))
+  measured = [measure_step(r, dataset, dp) for r in ends]
+  used = measured[-1][1]
+  return plan_lines(runs, [rate for rate, _ in measured], worker, max_hours) + [
+      f"{ends[-1].label} on the mesh {dp.describe()}: XLA's compiled step holds "
+      f"{used.peak / 1e9:.3g} GB per device at its peak ({used.arguments / 1e9:.3g} GB "
+      f"state and batch, {used.temporaries / 1e9:.3g} GB temporaries)"] + design_lines(
+          plan_design(runs, law_params, dataset.kind == "text"))

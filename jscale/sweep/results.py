@@ -21,7 +21,8 @@ from jscale.train import folder as folder_lib
 from jscale.train.metrics import write_text_atomic
 
 COLUMNS = ("run_id", "label", "status", "family", "width", "depth", "learning_rate", "seed",
-           "budget", "steps", "params_total", "params_non_embedding", "tokens", "flops",
+           "budget", "steps", "params_total", "params_non_embedding", "tokens", "unique_tokens",
+           "epochs", "flops",
            "train_loss", "val_loss", "val_bpb", "val_accuracy", "diverged_step", "compress",
            "sparsity", "compute_dtype", "teacher", "params_nonzero_non_embedding", "weight_bytes",
            "val_loss_int8", "val_loss_int4", "weight_bytes_int8", "weight_bytes_int4", "trunk",

@@ -36,7 +36,7 @@ from jscale.train.loop import StartPoint, train, train_group
 from jscale.train.metrics import format_eta, write_json_atomic
 from jscale.train.record import Progress, progress_line
 from jscale.train.restore import compression_for
-from jscale.train.sharding import DataParallel, data_parallel
+from jscale.train.sharding import DataParallel, make_layout
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SweepOptions:
   batch_runs: str = "auto"  # same-shape runs together: see jscale.sweep.batching
 
 
-def prepare_workdir(workdir: epath.Path, config) -> None:
+def prepare_workdir(workdir: epath.Path, config, dataset) -> None:
   """Creates the workdir and records the sweep, refusing incompatible edits (the writer
   process writes; the others wait until it has)."""
   try:
@@ -64,7 +64,7 @@ def prepare_workdir(workdir: epath.Path, config) -> None:
     if storage_fault(e) is None:
       raise
     raise BadInput(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
-  fields = plan_lib.comparable_fields(config)
+  fields = plan_lib.comparable_fields(config, dataset)
   before = read_comparable(workdir)
   if before is not None:
     for key, value in fields.items():
@@ -251,12 +251,13 @@ def run_sweep(config, options: SweepOptions,
   workdir = epath.Path(options.workdir)
   dataset = data_lib.load(config_lib.data_spec(config))
   sweep = spec_lib.sweep_spec(config.sweep)
-  runs = plan_lib.plan_runs(config, sweep, dataset)
-  dp = data_parallel(options.num_devices)
+  runs = plan_lib.plan_runs(config, sweep, dataset, options.num_devices)
+  dp = make_layout(config_lib.layout_spec(config), options.num_devices)
   dp.check_batch(config.train.global_batch)
   index, count = options.worker
   mine = [r for i, r in enumerate(runs) if i % count == index]
-  mode = options.batch_runs if jax.process_count() == 1 else "never"  # batching: one host
+  # Batching: one host, and runs that hold whole parameters (a sharded model trains alone).
+  mode = options.batch_runs if jax.process_count() == 1 and dp.is_data_parallel else "never"
   kind = jax.devices()[0].device_kind
   if options.dry_run:
     for line in preview.preview(runs, dataset, dp, options.worker, sweep.max_hours,
@@ -266,7 +267,7 @@ def run_sweep(config, options: SweepOptions,
     _log.info("training units: %d (%d batched groups)", len(units),
               sum(len(u) > 1 for u in units))
     return "done"
-  prepare_workdir(workdir, config)
+  prepare_workdir(workdir, config, dataset)
   todo = _still_to_train(workdir, mine)
   _log.info("sweep: %d runs planned, %d for worker %d/%d, %d finished already", len(runs),
             len(mine), index, count, len(mine) - len(todo))

@@ -36,8 +36,6 @@ from jscale.train.sharding import DataParallel
 from jscale.train.spec import CheckpointSpec, RunSpec, TrainSpec
 from jscale.train.step import TrainState, build_run, make_train_step
 
-MIN_SPEEDUP = 1.1  # batching must beat sequential by this much to be chosen (noise margin)
-
 
 def check_group(runs: Sequence[RunSpec]) -> None:
   if not runs:
@@ -158,9 +156,6 @@ class BatchingMeasurement:
   def speedup(self) -> float:
     return self.sequential_seconds / self.batched_seconds
 
-  @property
-  def pays(self) -> bool:
-    return self.speedup >= MIN_SPEEDUP
 
 
 def _seconds_per_call(call: Callable[[int], object], steps: int) -> float:

@@ -21,7 +21,6 @@ Restoring places arrays on the shardings of the abstract target, so a run traine
 devices restores onto 1 (or the reverse).
 """
 
-import hashlib
 import logging
 import time
 
@@ -32,13 +31,18 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from jscale.errors import BadInput, storage_fault
-from jscale.train import hosts
+from jscale.train import digest, hosts
+from jscale.train.digest import state_digest
 from jscale.train.spec import CheckpointSpec
 
 _log = logging.getLogger(__name__)
 
 _STATE, _META = "state", "meta"
 _DIGEST = "state_sha256"
+# Which digest _DIGEST holds: "weighted_sums" (jscale.train.digest: the same on any mesh
+# and process count); absent in checkpoints saved before sharding, which hold the sha256
+# of every array's bytes (digest.legacy_sha256).
+_DIGEST_KIND, _WEIGHTED_SUMS = "state_digest_kind", "weighted_sums"
 # A save that cannot finish (storage gone read-only, full, unreachable) must fail, not hang.
 _SAVE_TIMEOUT_SECONDS = 120
 
@@ -83,17 +87,6 @@ def structure_difference(saved, expected) -> str | None:
   return None
 
 
-def state_digest(state) -> str:
-  """sha256 over every array's path, dtype, shape and bytes, in tree order: the same for
-  the same values whatever their sharding."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state)):
-    array = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
-    h.update(array.tobytes())
-  return h.hexdigest()
-
-
 def _reason(e: Exception, limit: int = 240) -> str:
   """The first line of an error, without tensorstore's spec dump."""
   text = str(e).splitlines()[0].split(" [tensorstore_spec")[0] if str(e) else ""
@@ -133,7 +126,7 @@ class Checkpointer:
     return step % self._spec.every == 0 or step in self._spec.keep_steps
 
   def save(self, step: int, state, meta: dict) -> None:
-    meta = dict(meta, **{_DIGEST: state_digest(state)})
+    meta = dict(meta, **{_DIGEST: state_digest(state), _DIGEST_KIND: _WEIGHTED_SUMS})
     self._manager.save(
         step,
         args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
@@ -166,11 +159,13 @@ class Checkpointer:
         args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state),
                                    _META: ocp.args.JsonRestore()}))
     state, meta = restored[_STATE], dict(restored[_META])
-    expected = meta.pop(_DIGEST, None)
-    if expected is None:
-      _log.warning("checkpoint %s has no digest (saved by an older jscale): restored "
-                   "unverified", self._directory / str(step))
-    elif state_digest(state) != expected:
+    expected, kind = meta.pop(_DIGEST, None), meta.pop(_DIGEST_KIND, None)
+    found = None if expected is None else (
+        state_digest(state) if kind == _WEIGHTED_SUMS else digest.legacy_sha256(state))
+    if found is None:
+      _log.warning("checkpoint %s has no digest this process can check (saved by an older "
+                   "jscale): restored unverified", self._directory / str(step))
+    elif found != expected:
       raise DamagedCheckpointError("its arrays differ from the digest recorded at save")
     return state, meta
 

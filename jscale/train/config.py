@@ -20,7 +20,9 @@ import ml_collections
 from jscale import compress, models
 from jscale import data as data_lib
 from jscale.errors import BadInput
+from jscale.models.params import ParamTable
 from jscale.models.spec import COMPUTE_DTYPES
+from jscale.train import sharding
 from jscale.train.spec import CheckpointSpec, CompressSpec, DistillSpec, RunSpec, TrainSpec
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -59,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # text: tokens per example (the model's context length)
   c.data.validation_fraction = 0.1  # share of documents held out for validation
   c.data.files_glob = ""  # for name="files": a glob of text files (local or gs://)
+  c.data.tokens_dir = ""  # for name="tokens": a token folder (experiments.tokenize; or gs://)
   c.data.cache_dir = ""  # "" = $JSCALE_DATA_DIR or ~/.cache/jscale
 
   c.train = ml_collections.ConfigDict()
@@ -85,6 +88,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8  # validation batches per pass
   c.train.log_every = 20  # steps between console progress lines
   c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look up the device
+  # Where a run trains, never what it computes (jscale.train.sharding): no part of its id,
+  # so it may resume, be evaluated or teach on another mesh or device count.
+  layout = sharding.LayoutSpec()
+  # (data, fsdp, tensor) device counts, one may be -1 (= the rest): data parallelism;
+  # FSDP (weights, gradients and Adam state split over fsdp); tensor parallelism (MLP
+  # units, heads and vocabulary split over tensor, within one host). (-1, 1, 1) = data
+  # parallelism over every device. The global batch splits over data x fsdp.
+  c.train.mesh = layout.mesh
+  c.train.shard_min_bytes = layout.shard_min_bytes  # parameters smaller stay replicated
 
   c.compress = ml_collections.ConfigDict()
   # Passes applied in order, from "distill", "prune", "qat", "ptq" (a quantizer comes last).
@@ -220,8 +232,10 @@ def _checkpoint_spec(c: ml_collections.ConfigDict) -> CheckpointSpec:
                         async_save=bool(c.async_save))
 
 
-def _compress_pass(c: ml_collections.ConfigDict, name: str, steps: int):
-  """One pass (or the DistillSpec) built from its section, which validates it."""
+def _compress_pass(c: ml_collections.ConfigDict, name: str, steps: int,
+                   table: ParamTable):
+  """One pass (or the DistillSpec) built from its section, which validates it; its
+  default selection is the weight matrices of ``table``."""
   fields = c[name].to_dict()
   if name == "distill":
     return DistillSpec(
@@ -234,16 +248,16 @@ def _compress_pass(c: ml_collections.ConfigDict, name: str, steps: int):
       finite_number(f"compress.prune.{key}", fields[key], 0, 1)
     fields["start_step"] = round(fields.pop("start_fraction") * steps)
     fields["end_step"] = round(fields.pop("end_fraction") * steps)
-  return compress.make_pass(name, **fields)
+  return compress.make_pass(name, **fields, table=table)
 
 
-def _compress_spec(c: ml_collections.ConfigDict, steps: int) -> CompressSpec:
+def _compress_spec(c: ml_collections.ConfigDict, steps: int, table: ParamTable) -> CompressSpec:
   known = ("distill", "prune", "qat", "ptq")
   for name in c.passes:
     _require(name in known, "compress.passes", tuple(c.passes), f"a sequence of {known}")
   # Every section is validated, used or not: a bad value fails now, not when a sweep
   # axis turns its pass on.
-  built = {name: _compress_pass(c, name, steps) for name in known}
+  built = {name: _compress_pass(c, name, steps, table) for name in known}
   if "distill" in c.passes:
     _require(bool(c.distill.teacher), "compress.distill.teacher", c.distill.teacher,
              "a trained run's folder or run:<id>")
@@ -269,7 +283,8 @@ def _model_spec(m: ml_collections.ConfigDict, dataset, dtype: str):
 
 
 # Keys holding a local path or a URL (gs://...); "run:<id>" teachers are not paths.
-PATH_KEYS = ("data.files_glob", "data.cache_dir", "compress.distill.teacher")
+PATH_KEYS = ("data.files_glob", "data.tokens_dir", "data.cache_dir",
+             "compress.distill.teacher")
 
 
 def absolute_path(path: str) -> str:
@@ -337,7 +352,8 @@ def data_spec(config: ml_collections.ConfigDict) -> data_lib.DataSpec:
     positive_int("data.seq_len", d.seq_len)
   return data_lib.DataSpec(name=d.name, seq_len=d.seq_len,
                            validation_fraction=d.validation_fraction,
-                           files_glob=d.files_glob, cache_dir=d.cache_dir)
+                           files_glob=d.files_glob, tokens_dir=d.tokens_dir,
+                           cache_dir=d.cache_dir)
 
 
 def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
@@ -353,8 +369,34 @@ def resolve(config: ml_collections.ConfigDict, dataset=None) -> RunSpec:
     raise BadInput(
         f"model.family {config.model.family!r} does not fit data.name {config.data.name!r} "
         f"({dataset.kind} data); use {text} for text and {images} for images")
-  return RunSpec(model=_model_spec(config.model, dataset, train.compute_dtype),
-                 data=data_spec(config), train=train,
+  if dataset.kind == "text" and train.global_batch > dataset.windows_per_epoch:
+    raise BadInput(f"train.global_batch={train.global_batch} is more than the "
+                   f"{dataset.windows_per_epoch} windows of data.seq_len + 1 tokens in the "
+                   "training split; lower train.global_batch or data.seq_len")
+  layout_spec(config)  # validated with the rest, though no part of the RunSpec
+  model = _model_spec(config.model, dataset, train.compute_dtype)
+  return RunSpec(model=model, data=data_spec(config), train=train,
                  checkpoint=_checkpoint_spec(config.checkpoint),
-                 compress=_compress_spec(config.compress, train.steps),
+                 compress=_compress_spec(config.compress, train.steps, model.param_table),
                  config_record=record(config))
+
+
+# The keys that say how a run is kept or where it trains, not what it computes: no part of
+# its identity (its folder accepts a resume with other values; a sweep's run id leaves
+# them out). A corpus moved to another tokens_dir is checked by its fingerprint instead.
+BOOKKEEPING_KEYS = (("train", "log_every"), ("checkpoint", "every"), ("checkpoint", "keep"),
+                    ("checkpoint", "async_save"), ("checkpoint", "keep_steps"),
+                    ("data", "tokens_dir"), ("train", "mesh"), ("train", "shard_min_bytes"))
+
+
+def identity(config: dict) -> dict:
+  """A run config (as plain data) without its BOOKKEEPING_KEYS: what identifies the run."""
+  return {section: ({k: v for k, v in values.items() if (section, k) not in BOOKKEEPING_KEYS}
+                    if isinstance(values, dict) else values)
+          for section, values in config.items()}
+
+
+def layout_spec(config: ml_collections.ConfigDict) -> sharding.LayoutSpec:
+  """The run's device layout keys, validated (``jscale.train.sharding``)."""
+  return sharding.LayoutSpec(mesh=config.train.mesh,
+                             shard_min_bytes=config.train.shard_min_bytes)

@@ -5,6 +5,7 @@ run from its checkpoints."""
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jscale import compress
@@ -30,8 +31,8 @@ def evaluate(eval_step, params, eval_batches: list, dp: DataParallel) -> dict:
 
 def eval_record(dataset, values: dict) -> dict:
   record = {"val_loss": values["loss"]}
-  if dataset.kind == "text":  # byte tokens: nats per token / ln 2 = bits per byte
-    record["val_bpb"] = values["loss"] / LN2
+  if dataset.kind == "text":  # bits per byte: nats per token / ln 2 / bytes per token
+    record["val_bpb"] = values["loss"] / LN2 / dataset.bytes_per_token
   else:
     record["val_accuracy"] = values["accuracy"]
   return record
@@ -49,9 +50,9 @@ def nonzero_non_embedding(model, params, final_params) -> int:
   assert len(mask) == len(leaves), "post-training passes must keep one leaf per weight"
   zeros = 0
   for counted, leaf in zip(mask, leaves):
-    if counted:
-      values = np.asarray(leaf.values if quantized(leaf) else leaf)
-      zeros += int(values.size - np.count_nonzero(values))
+    if counted:  # counted where it lies: no process holds every shard of a sharded weight
+      values = leaf.values if quantized(leaf) else leaf
+      zeros += values.size - int(jnp.count_nonzero(values))
   return model.param_counts().non_embedding - zeros
 
 
@@ -71,7 +72,7 @@ def final_evaluation(run: RunSpec, compression: compress.Composed, params, datas
   unquantized = compress.compose(
       [p for p in compression.passes if p.name not in ("ptq", "qat")]).after_training(params)
   for bits in run.compress.ptq_eval_bits:
-    ptq = compress.compose([compress.make_pass("ptq", bits=bits)])
+    ptq = compress.compose([compress.make_pass("ptq", bits=bits, table=run.model.param_table)])
     quantized = ptq.after_training(unquantized)
     values = evaluate(make_eval_step(module, dp, ptq), quantized, eval_batches, dp)
     record[f"val_loss_int{bits}"] = values["loss"]

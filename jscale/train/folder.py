@@ -49,13 +49,15 @@ class RunFolder:
 
   def write_config(self, config_record: str) -> None:
     """Writes config.json, or checks that the one there describes the same run (one
-    written before later keys were added is kept as it is)."""
+    written before later keys were added is kept as it is; the layout keys, where it
+    trains, may differ: a run resumes on another mesh)."""
     path = self.path / CONFIG
     if not path.exists():
       write_text_atomic(path, config_record)
       return
-    stored = read_config(self.path).to_dict()
-    if stored != config_lib.completed(json.loads(config_record)).to_dict():
+    stored = config_lib.identity(read_config(self.path).to_dict())
+    if stored != config_lib.identity(
+        config_lib.completed(json.loads(config_record)).to_dict()):
       raise BadInput(f"run folder {self.path} holds another run's {CONFIG}; train this run "
                      "in a new folder")
 

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jscale.errors import BadInput
 from jscale.train.sharding import DataParallel
 from jscale.train.spec import RunSpec
 
@@ -84,6 +85,9 @@ def default_run_devices(num_runs: int, num_devices: int) -> int:
 
 def make_layout(dp: DataParallel, num_runs: int, run_devices: int = 0) -> RunLayout:
   """Lays ``num_runs`` runs over ``dp``'s devices; ``run_devices`` 0 = the default."""
+  if not dp.is_data_parallel:  # a run that shards its model trains alone
+    raise BadInput(f"model-batched training needs a data-parallel mesh (fsdp = tensor = 1), "
+                   f"got {dp.describe()}; train these runs one at a time")
   n = dp.num_devices
   if num_runs < 1:
     raise ValueError(f"num_runs must be a positive integer, got {num_runs}")

@@ -34,16 +34,25 @@ import numpy as np
 from etils import epath
 
 from jscale import compress
+from jscale.data.prefetch import prefetched
 from jscale.errors import BadInput
 from jscale.train import batched, hosts
 from jscale.train import folder as folder_lib
-from jscale.train.checkpoint import Checkpointer, abstract_like
+from jscale.train.checkpoint import Checkpointer
 from jscale.train.evaluation import eval_record, evaluate, final_evaluation, log_final_eval
 from jscale.train.metrics import MetricsLog, read_records
 from jscale.train.record import Progress, log_progress, result_record, throughput_values, unit_name
 from jscale.train.sharding import DataParallel, process_shard
 from jscale.train.spec import RunSpec
-from jscale.train.step import BuiltRun, TrainState, build_run, make_eval_step, make_train_step
+from jscale.train.step import (
+  BuiltRun,
+  TrainState,
+  abstract_state,
+  build_run,
+  fresh_state,
+  make_eval_step,
+  make_train_step,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +71,7 @@ class Engine(Protocol):
     """One update of the active slots, each on its own batch at ``steps[r]``."""
 
   def run_state(self, state, r: int) -> TrainState:
-    """Slot r's state, laid out as one run's (replicated over the data mesh)."""
+    """Slot r's state, laid out as one run's (``jscale.train.sharding``)."""
 
 
 class SingleRun:
@@ -73,14 +82,12 @@ class SingleRun:
   def __init__(self, run: RunSpec, built: BuiltRun, dataset, dp: DataParallel):
     self._run, self._built, self._dataset, self._dp = run, built, dataset, dp
     self._step = make_train_step(built, dp)
-    seed = run.train.seed
-    self.abstract_state = abstract_like(jax.eval_shape(lambda: built.init(seed)), dp.replicated)
+    self.abstract_state = abstract_state(built, dp, run.train.seed)
 
   def initial_state(self, restored):
     if 0 in restored:
       return restored[0]
-    seed = self._run.train.seed
-    return jax.jit(lambda: self._built.init(seed), out_shardings=self._dp.replicated)()
+    return fresh_state(self._built, self._dp, self._run.train.seed)
 
   def step(self, state, steps, active):
     t = self._run.train
@@ -113,6 +120,7 @@ class Member:
   compression: compress.Composed
   num_devices: int  # devices the unit trains on (for MFU)
   start_point: StartPoint | None = None
+  data_sha256: str = ""  # the dataset's content_sha256, kept in every checkpoint
   clock: Clock | None = None  # the unit's training clock (its UnitTrainer sets it)
   start: int = 0
   wall_before: float = 0.0
@@ -135,6 +143,10 @@ class Member:
     state = None
     if found is not None:
       state, meta = found
+      if meta.get("data_sha256", self.data_sha256) != self.data_sha256:
+        raise BadInput(f"{self.folder.path} was trained on other data (content sha256 "
+                       f"{meta['data_sha256'][:12]}, now {self.data_sha256[:12]}): use a new "
+                       "folder, or the data it was trained on")
       self.start, self.wall_before = int(meta["step"]), float(meta["wall_seconds"])
       _log.info("%s resumed at step %d", self.name, self.start)
     self.log.truncate_after(self.start)
@@ -183,7 +195,7 @@ class Member:
   def save(self, step: int, state: TrainState, elapsed: float) -> None:
     self.log.flush()  # the log must hold every step a checkpoint holds
     self.ckpt.save(step, state, {"step": step, "data_position": step,
-                                 "seed": self.run.train.seed,
+                                 "seed": self.run.train.seed, "data_sha256": self.data_sha256,
                                  "wall_seconds": self.wall_before + elapsed})
 
   def preempted(self, step: int) -> None:
@@ -364,12 +376,13 @@ def _train_unit(engine: Engine, runs: Sequence[RunSpec], compression: compress.C
   start_points = start_points or [None] * len(runs)
   eval_step = make_eval_step(runs[0].model.make_module(), dp, compression)
   eval_batches = dataset.eval_batches(t0.global_batch, t0.eval_batches)
+  data_sha256 = dataset.metadata()["content_sha256"]
   with contextlib.ExitStack() as stack:
     members = [Member(run, folder,
                       stack.enter_context(Checkpointer(folder.path / folder_lib.CHECKPOINTS,
                                                        run.checkpoint)),
                       MetricsLog(folder.path / folder_lib.METRICS), show, compression,
-                      dp.num_devices, point)
+                      dp.num_devices, point, data_sha256)
                for run, folder, show, point in zip(runs, folders, progress, start_points)]
     return UnitTrainer(engine, members, dataset, dp, eval_step, eval_batches, should_stop,
                        clock).run()
@@ -393,6 +406,7 @@ def train(run: RunSpec, dataset, folder: "epath.PathLike | folder_lib.RunFolder"
       raise ValueError("compress.passes holds distill: pass the composed compression with "
                        "its restored teacher (jscale.train.restore.compression_for)")
     compression = run.compress.compose()
+  dataset = prefetched(dataset)  # the next batch loads while a step runs
   engine = SingleRun(run, build_run(run, compression), dataset, dp)
   return _train_unit(engine, [run], compression, dataset, [folder_lib.RunFolder.at(folder)], dp,
                      should_stop, [progress] if progress else None, [start_point], clock)[0]
@@ -413,6 +427,7 @@ def train_group(runs: Sequence[RunSpec], dataset,
   """
   if len(folders) != len(runs):
     raise ValueError(f"folders must hold one folder per run ({len(runs)}), got {len(folders)}")
+  dataset = prefetched(dataset)  # the next batch loads while a step runs
   engine = batched.StackedRuns(runs, dataset, dp, run_devices)
   return _train_unit(engine, runs, compress.compose([]), dataset,
                      [folder_lib.RunFolder.at(f) for f in folders], dp, should_stop, progress,

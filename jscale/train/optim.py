@@ -1,7 +1,8 @@
 """Optax optimizer and learning-rate schedule of a run.
 
-AdamW with decoupled weight decay on kernels only (norm scales, biases and embeddings
-are not decayed: decaying them hurts small models and is the common convention),
+AdamW with decoupled weight decay on the weight matrices only (the model family's
+parameter table says which; norm scales, biases and embeddings are not decayed:
+decaying them hurts small models and is the common convention),
 warm-up followed by cosine, linear, constant or warmup-stable-decay (wsd), and optional
 global-norm clipping.
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jscale.models import ModelSpec
+from jscale.models import params as params_lib
 from jscale.train.spec import TrainSpec
 
 
@@ -63,26 +65,20 @@ def _stable_then_cooldown(spec: TrainSpec) -> optax.Schedule:
   return optax.join_schedules([optax.constant_schedule(peak), cooldown], [stable])
 
 
-def decay_mask(params):
-  """True for leaves that take weight decay: matrices and conv kernels named 'kernel'."""
-
-  def is_kernel(path, leaf):
-    return getattr(path[-1], "key", None) == "kernel" and leaf.ndim >= 2
-
-  return jax.tree_util.tree_map_with_path(is_kernel, params)
-
-
 def make_optimizer(spec: TrainSpec, learning_rate: optax.Schedule | None = None,
                    weight_decay=None, *,
                    model: ModelSpec | None = None) -> optax.GradientTransformation:
   """AdamW of ``spec``; ``learning_rate`` (a schedule) and ``weight_decay`` override the
   spec's, which is how model-batched training passes per-run (traced) values. With
-  ``model``, each parameter's update is scaled by ``model.learning_rate_multipliers``
-  (all 1 under the standard parametrization, which then changes nothing)."""
+  ``model``, weight decay takes its family's weight matrices and each parameter's update
+  is scaled by ``model.learning_rate_multipliers`` (all 1 under the standard
+  parametrization, which then changes nothing); without, the matrices are the leaves
+  named "kernel" (``params.GENERIC``)."""
+  table = params_lib.GENERIC if model is None else model.param_table
   adamw = optax.adamw(learning_rate or learning_rate_schedule(spec), b1=spec.b1, b2=spec.b2,
                       eps=spec.eps,
                       weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
-                      mask=decay_mask)
+                      mask=table.matrices)
   if model is not None:
     adamw = scale_updates(adamw, model.learning_rate_multipliers)
   if spec.clip_norm > 0:

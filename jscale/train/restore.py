@@ -7,7 +7,6 @@ finished: post-training passes (PTQ, one-shot pruning) are applied to the restor
 parameters, exactly as at the end of training.
 """
 
-import jax
 from etils import epath
 
 from jscale import compress
@@ -15,12 +14,12 @@ from jscale import data as data_lib
 from jscale.errors import BadInput
 from jscale.train import config as config_lib
 from jscale.train import folder as folder_lib
-from jscale.train.checkpoint import Checkpointer, abstract_like
+from jscale.train.checkpoint import Checkpointer
 from jscale.train.evaluation import final_evaluation
 from jscale.train.metrics import write_json_atomic
 from jscale.train.sharding import DataParallel
 from jscale.train.spec import DistillSpec, RunSpec
-from jscale.train.step import build_run
+from jscale.train.step import abstract_state, build_run
 
 
 def load_run_spec(run_dir: epath.PathLike) -> tuple[RunSpec, data_lib.Dataset]:
@@ -32,9 +31,9 @@ def load_run_spec(run_dir: epath.PathLike) -> tuple[RunSpec, data_lib.Dataset]:
 
 def restore_params(run_dir: epath.PathLike, run: RunSpec, dp: DataParallel,
                    step: int | None = None):
-  """(params, step) of the checkpoint at ``step`` (None = newest restorable one)."""
-  built = build_run(run, run.compress.compose())
-  abstract = abstract_like(jax.eval_shape(lambda: built.init(run.train.seed)), dp.replicated)
+  """(params, step) of the checkpoint at ``step`` (None = newest restorable one), laid
+  out on ``dp`` whatever mesh and process count saved them."""
+  abstract = abstract_state(build_run(run, run.compress.compose()), dp, run.train.seed)
   path = epath.Path(run_dir) / folder_lib.CHECKPOINTS
   with Checkpointer(path, run.checkpoint, read_only=True) as ckpt:
     available = ckpt.steps()

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from jscale import compress
+from jscale.models import ModelSpec
 from jscale.train.optim import learning_rate_schedule, make_optimizer
-from jscale.train.sharding import DataParallel
+from jscale.train.sharding import Layout
 from jscale.train.spec import RunSpec
 
 
@@ -95,16 +96,44 @@ def train_step_fn(module, tx: optax.GradientTransformation, schedule: optax.Sche
   return step
 
 
-def make_train_step(built: "BuiltRun", dp: DataParallel) -> Callable:
-  """``built.step`` jitted over the data mesh: ``step(state, batch) -> (state, metrics)``."""
-  return jax.jit(built.step, in_shardings=(dp.replicated, dp.batch),
-                 out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
+def abstract_state(built: "BuiltRun", layout: Layout, seed: int = 0) -> TrainState:
+  """One run's state as ShapeDtypeStructs laid out on ``layout`` by its model's parameter
+  table: the restore target and the jit shardings of its state."""
+  return layout.abstract(jax.eval_shape(lambda: built.init(seed)), built.model.param_table)
 
 
-def make_eval_step(module, dp: DataParallel,
+def fresh_state(built: "BuiltRun", layout: Layout, seed: int) -> TrainState:
+  """A fresh state made in place on ``layout`` (each device draws only its part: random
+  bits do not depend on the sharding)."""
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_state(built, layout, seed))
+  return jax.jit(lambda: built.init(seed), out_shardings=shardings)()
+
+
+def jit_train_step(built: "BuiltRun", layout: Layout) -> tuple[Callable, tuple]:
+  """``(step, frozen)``: ``built.step`` jitted on ``layout`` as ``step(state, batch,
+  frozen) -> (state, metrics)``, and the compression's frozen arrays (a distillation
+  teacher's parameters), which enter the step as arguments laid out as they were
+  restored, never as constants."""
+  state = jax.tree.map(lambda x: x.sharding, abstract_state(built, layout))
+  frozen = built.compression.frozen
+  step = jax.jit(lambda state, batch, frozen: built.step_with(frozen)(state, batch),
+                 in_shardings=(state, layout.batch, jax.tree.map(lambda x: x.sharding, frozen)),
+                 out_shardings=(state, layout.replicated), donate_argnums=0)
+  return step, frozen
+
+
+def make_train_step(built: "BuiltRun", layout: Layout) -> Callable:
+  """``built.step`` jitted on ``layout``: ``step(state, batch) -> (state, metrics)``."""
+  step, frozen = jit_train_step(built, layout)
+  return lambda state, batch: step(state, batch, frozen)
+
+
+def make_eval_step(module, layout: Layout,
                    compression: compress.Composed = compress.compose([])) -> Callable:
   """Returns jitted ``eval_step(params, batch) -> {"loss", "accuracy"}`` (batch means);
-  params may be float or, after ``compression.after_training``, quantized."""
+  params may be float or, after ``compression.after_training``, quantized. Parameters
+  and batch stay where they lie (restored or trained on ``layout``, batches from
+  ``layout.shard_batch``)."""
   apply = compression.wrap_apply(_apply_fn(module), training=False)
 
   def eval_step(params, batch):
@@ -112,18 +141,26 @@ def make_eval_step(module, dp: DataParallel,
     loss, accuracy = cross_entropy(logits, batch["targets"])
     return {"loss": loss, "accuracy": accuracy}
 
-  return jax.jit(eval_step, in_shardings=(dp.replicated, dp.batch),
-                 out_shardings=dp.replicated)
+  return jax.jit(eval_step, out_shardings=layout.replicated)
 
 
 @dataclasses.dataclass(frozen=True)
 class BuiltRun:
   """What training, restoring and measuring a run need, built once from its spec."""
+  model: ModelSpec
   module: nn.Module
   optimizer: optax.GradientTransformation  # already wrapped by the compression
   schedule: optax.Schedule
+  compression: compress.Composed
+  grad_accum: int
   init: Callable[[Any], TrainState]  # seed -> fresh state
   step: Callable  # un-jitted step(state, batch) -> (state, metrics)
+
+  def step_with(self, frozen) -> Callable:
+    """``step`` with the compression's frozen arrays replaced by ``frozen`` (the traced
+    arguments of a jitted step)."""
+    return train_step_fn(self.module, self.optimizer, self.schedule, self.grad_accum,
+                         self.compression.with_frozen(frozen))
 
 
 def build_run(run: RunSpec, compression: compress.Composed = compress.compose([]), *,
@@ -137,6 +174,7 @@ def build_run(run: RunSpec, compression: compress.Composed = compress.compose([]
       make_optimizer(run.train, learning_rate=schedule, weight_decay=weight_decay,
                      model=run.model))
   dummy = run.model.dummy_inputs(1)
-  return BuiltRun(module=module, optimizer=tx, schedule=schedule,
+  return BuiltRun(model=run.model, module=module, optimizer=tx, schedule=schedule,
+                  compression=compression, grad_accum=run.train.grad_accum,
                   init=lambda seed: init_state(module, tx, dummy, seed),
                   step=train_step_fn(module, tx, schedule, run.train.grad_accum, compression))
