@@ -19,7 +19,8 @@ def _run(workdir, run_id, *, width, lr, tokens, loss, status="done", trunk=None,
   n = 12 * width**2
   result = {"status": status, "val_loss": loss, "tokens": tokens, "flops": 6 * n * tokens,
             "steps": 10, "trunk": trunk, "budget": budget, "label": f"w{width}",
-            "params_non_embedding": n, "params_nonzero_non_embedding": n}
+            "params_total": n + 512 * width, "params_non_embedding": n,
+            "params_nonzero_non_embedding": n}
   (folder / "result.json").write_text(json.dumps(result))
   evals = [{"kind": "eval", "step": step, "val_loss": loss + 1 / step} for step in (5, 10)]
   (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
