@@ -15,9 +15,9 @@ B/D^beta is fitted with a bootstrap over model sizes, the largest size held out 
 predicted, and per size the annealing law fitted to the trunk and its longest branch
 predicts the other branches' final losses (fit.json ``annealing``). Why one depth, the
 bounds, the seeds and the rate, and the fitted law: BUILD_NOTES.md, "The default
-experiment". Measured on the 2-core CPU dev box shared with other jobs: 9 min 00 s wall
-with an empty compilation cache at load 3-5 (11.4 min of CPU time), 1.37e13 training
-FLOPs; under load 5-7 a first version of the plan (61 runs, one seed) took 16 min.
+experiment". Measured on the 2-core CPU dev box, empty compilation cache: 7 min 04 s
+wall quiet (load < 2), 9 min 00 s beside other jobs (load 3-5; 11.4 min of CPU time);
+1.37e13 training FLOPs. Under load 5-7 a first version of the plan (61 runs) took 16 min.
 
 A model of twice the largest size by the same recipe (2.8 tokens per parameter):
 ``--config.sweep.widths='(208,)' --config.sweep.tokens='(3.2e6,)'`` (2.2e13 FLOPs; 8-12 min
