@@ -289,17 +289,17 @@ _RENAMING_CONFIG = """
 from experiments.configs import smoke
 from jscale.train import loop
 
-if not hasattr(loop, "original_abstract_like"):  # the CLI loads a config file twice
-  loop.original_abstract_like = loop.abstract_like
+if not hasattr(loop, "original_abstract_state"):  # the CLI loads a config file twice
+  loop.original_abstract_state = loop.abstract_state
 
-  def renamed(tree, sharding):
-    state = loop.original_abstract_like(tree, sharding)
+  def renamed(built, layout, seed=0):
+    state = loop.original_abstract_state(built, layout, seed)
     params = dict(state.params)
     first = min(params)
     params["renamed_" + first] = params.pop(first)
     return state.replace(params=params)
 
-  loop.abstract_like = renamed
+  loop.abstract_state = renamed
 
 
 def get_config():
