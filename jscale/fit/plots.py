@@ -9,6 +9,7 @@ never changes how a notebook or another library draws.
 """
 
 import io
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -22,7 +23,9 @@ from jscale.fit import annealing, approaches, registry
 from jscale.fit.api import ISOFLOP, predict
 from jscale.fit.report import FitResult, write_bytes_atomic
 
-_WARNING_LINE = 0.028  # figure height fraction per warning line under the axes
+# Warnings are written under the axes in 7-point text: a line takes this many inches of
+# height, and about this many characters fit in an inch of width.
+_WARNING_LINE_INCHES, _WARNING_CHARS_PER_INCH = 0.15, 15
 _EXTRAPOLATED = {"color": "0.85", "zorder": 0}  # shading beyond the data
 
 
@@ -30,12 +33,15 @@ def save(fig: Figure, path: epath.PathLike, warnings: tuple[dict, ...] = ()) -> 
   """Writes ``fig`` as a PNG at ``path`` (local or ``gs://``, atomically) with
   ``warnings`` (codes and messages) written under the axes, the figure made taller for
   them; returns the path."""
-  bottom = _WARNING_LINE * len(warnings)
   width, height = fig.get_size_inches()
-  fig.set_size_inches(width, height / max(1 - bottom, 0.3))
-  for i, w in enumerate(warnings):
-    fig.text(0.01, bottom - _WARNING_LINE * (i + 0.8), f"warning [{w['code']}]: {w['message']}",
-             fontsize=7, color="darkred", wrap=True)
+  lines = [line for w in warnings for line in textwrap.wrap(
+      f"warning [{w['code']}]: {w['message']}", int(width * _WARNING_CHARS_PER_INCH))]
+  extra = _WARNING_LINE_INCHES * (len(lines) + 0.5) if lines else 0.0
+  fig.set_size_inches(width, height + extra)
+  for i, line in enumerate(lines):
+    fig.text(0.01, (extra - _WARNING_LINE_INCHES * (i + 1)) / (height + extra), line,
+             fontsize=7, color="darkred")
+  bottom = extra / (height + extra)
   fig.tight_layout(rect=(0, bottom, 1, 1))
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=110)
