@@ -43,17 +43,20 @@ evaluate: $(STAMP)
 fit: $(STAMP)
 	$(PY) -m experiments.fit --workdir=$(WORKDIR)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), one per core of the 2-core CI box.
+TEST_WORKERS ?= 2
+
 # A missing shared data set or fetched corpus fails the tests instead of skipping them.
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(MAKE) user-path
-	JSCALE_REQUIRE_SHARED_DATA=1 $(PY) -m pytest -q -m 'slow or not slow'
+	JSCALE_REQUIRE_SHARED_DATA=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m 'slow or not slow'
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 user-path: $(STAMP)
 	rm -rf $(SMOKE_WORKDIR)
