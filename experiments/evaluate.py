@@ -5,8 +5,9 @@
 
 With no --run, every finished run of the workdir; writes ``runs/<id>/eval.json``. Takes
 the multi-process flags of ``experiments.sweep`` (``--distributed``, ...): a run trained on
-several hosts can be evaluated on them, or on one, and on any mesh (``--mesh``, as
-``train.mesh``; a model too large for one device needs fsdp or tensor > 1).
+several hosts can be evaluated on them, or on one, and on any mesh. Without ``--mesh``, each
+run restores onto the mesh it trained on where these devices can hold it, else onto FSDP
+over all of them (data parallel for a run that trained so).
 """
 
 from absl import app, flags
@@ -16,8 +17,8 @@ from experiments import cli
 from jscale.errors import BadInput
 from jscale.train.config import absolute_path
 from jscale.train.folder import read_result
-from jscale.train.restore import evaluate_run
-from jscale.train.sharding import LayoutSpec, check_mesh, make_layout
+from jscale.train.restore import evaluate_run, trained_layout
+from jscale.train.sharding import check_mesh
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder.")
 _RUN = flags.DEFINE_string("run", None, "Run id (default: every finished run).")
@@ -25,9 +26,9 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 0, "Validation batches (0 = the run's).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices to evaluate on (0 = all).")
 _MESH = flags.DEFINE_list(
-    "mesh", ["-1", "1", "1"],
+    "mesh", None,
     "data,fsdp,tensor device counts the runs are restored onto (one may be -1 = the rest), "
-    "as train.mesh; whatever mesh trained them.")
+    "as train.mesh, whatever mesh trained them (default: each run's own, where it fits).")
 _HOSTS = cli.define_host_flags()
 
 
@@ -59,7 +60,9 @@ def _run_folders(workdir: str) -> list[epath.Path]:
   return [folder]
 
 
-def _mesh() -> tuple[int, ...]:
+def _mesh() -> tuple[int, ...] | None:
+  if _MESH.value is None:
+    return None
   try:
     mesh = tuple(int(n) for n in _MESH.value)
   except ValueError:
@@ -86,11 +89,12 @@ def main(argv):
   folders = _run_folders(workdir)
   for folder in folders:
     cli.check_writable_file("--workdir", str(folder / "eval.json"))
-  dp = make_layout(LayoutSpec(mesh), _NUM_DEVICES.value, field="--mesh")
   for folder in folders:
-    record = evaluate_run(folder, dp, step=_STEP.value, eval_batches=_EVAL_BATCHES.value)
+    layout = trained_layout(folder, mesh, _NUM_DEVICES.value)
+    record = evaluate_run(folder, layout, step=_STEP.value, eval_batches=_EVAL_BATCHES.value)
     extra = "".join(f" {k} {record[k]:.4f}" for k in ("val_bpb", "val_accuracy") if k in record)
-    print(f"{folder.name} step {record['step']} val_loss {record['val_loss']:.4f}{extra}")
+    print(f"{folder.name} step {record['step']} val_loss {record['val_loss']:.4f}{extra} "
+          f"on {layout.describe()}")
 
 
 if __name__ == "__main__":

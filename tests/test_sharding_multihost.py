@@ -77,6 +77,13 @@ def test_checkpoints_of_two_fsdp_processes_restore_on_other_meshes(fsdp_in_two):
   evaluated = json.loads(eval_file.read_text())
   assert evaluated["step"] == SWEEP_STEPS and evaluated["device_count"] == 2
   np.testing.assert_allclose(evaluated["val_loss"], trained["val_loss"], rtol=1e-5)
+  # No --mesh, on 2 devices: the run's own FSDP mesh (1, 4, 1) cannot fit, so FSDP over 2.
+  assert trained["mesh"] == [1, 4, 1]
+  done = in_one(_evaluate(fsdp_in_two), devices=2)
+  assert done.returncode == 0, done.stdout + done.stderr
+  evaluated = json.loads(eval_file.read_text())
+  assert evaluated["mesh"] == [1, 2, 1]
+  np.testing.assert_allclose(evaluated["val_loss"], trained["val_loss"], rtol=1e-5)
   # Two processes again, each holding a whole copy this time (data parallel).
   for code, out, err in in_two(_evaluate(fsdp_in_two, "--mesh=-1,1,1")):
     assert code == 0, out + err

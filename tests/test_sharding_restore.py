@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from jscale.train import config as config_lib
 from jscale.train import sharding, train
 from jscale.train.checkpoint import Checkpointer
-from jscale.train.restore import compression_for, evaluate_run
+from jscale.train.restore import compression_for, evaluate_run, trained_layout
 from jscale.train.step import abstract_state, build_run, fresh_state, make_train_step
 
 PREEMPTED_AT = 8
@@ -105,6 +105,28 @@ def test_evaluation_restores_onto_the_mesh_it_runs_on(run, dataset, trained):
     record = evaluate_run(straight, on)
     assert record["step"] == run.train.steps and record["device_count"] == on.num_devices
     np.testing.assert_allclose(record["val_loss"], reference["val_loss"], rtol=1e-5)
+
+
+def test_a_run_is_evaluated_on_its_own_mesh_where_the_devices_hold_it(tmp_path, trained):
+  straight, _ = trained
+  reference = json.loads((straight / "result.json").read_text())
+  assert reference["mesh"] == [1, 8, 1]
+  assert trained_layout(straight).sizes == {"data": 1, "fsdp": 8, "tensor": 1}
+  # Fewer devices than it trained on: still FSDP, over all of them.
+  on_two = trained_layout(straight, num_devices=2)
+  assert on_two.sizes == {"data": 1, "fsdp": 2, "tensor": 1}
+  record = evaluate_run(straight, on_two)
+  assert record["mesh"] == [1, 2, 1]
+  np.testing.assert_allclose(record["val_loss"], reference["val_loss"], rtol=1e-5)
+  # A mesh asked for wins; a folder whose result.json predates the record falls back to
+  # its config's train.mesh (data parallel here).
+  assert trained_layout(straight, (2, 2, 2)).sizes == {"data": 2, "fsdp": 2, "tensor": 2}
+  older = tmp_path / "older"
+  shutil.copytree(straight, older)
+  result = json.loads((older / "result.json").read_text())
+  del result["mesh"]
+  (older / "result.json").write_text(json.dumps(result))
+  assert trained_layout(older, num_devices=2).sizes == {"data": 2, "fsdp": 1, "tensor": 1}
 
 
 @pytest.mark.slow

@@ -110,6 +110,7 @@ def result_record(run: RunSpec, dataset, dp: DataParallel, *, status: str,
               if flops_per_second and peak else None),
       "device_kind": jax.devices()[0].device_kind,
       "device_count": dp.num_devices,
+      "mesh": list(dp.mesh.devices.shape),  # (data, fsdp, tensor) it last trained on
       "process_count": jax.process_count(),
       "batched_runs": batched_runs,  # runs trained together in one program (1 = alone)
       "seed": t.seed,

@@ -7,6 +7,9 @@ finished: post-training passes (PTQ, one-shot pruning) are applied to the restor
 parameters, exactly as at the end of training.
 """
 
+import logging
+import math
+
 from etils import epath
 
 from jscale import compress
@@ -17,9 +20,11 @@ from jscale.train import folder as folder_lib
 from jscale.train.checkpoint import Checkpointer
 from jscale.train.evaluation import final_evaluation
 from jscale.train.metrics import write_json_atomic
-from jscale.train.sharding import DataParallel
+from jscale.train.sharding import DataParallel, Layout, LayoutSpec, make_layout
 from jscale.train.spec import DistillSpec, RunSpec
 from jscale.train.step import abstract_state, build_run
+
+_log = logging.getLogger(__name__)
 
 
 def load_run_spec(run_dir: epath.PathLike) -> tuple[RunSpec, data_lib.Dataset]:
@@ -47,6 +52,27 @@ def restore_params(run_dir: epath.PathLike, run: RunSpec, dp: DataParallel,
   return state.params, int(meta["step"])
 
 
+def trained_layout(run_dir: epath.PathLike, mesh=None, num_devices: int = 0,
+                   field: str = "--mesh") -> Layout:
+  """Where a run restores onto: ``mesh`` when given; else the mesh it last trained on
+  (result.json; config.json's ``train.mesh`` for older folders) where that mesh fits
+  these devices, otherwise its model axes folded into FSDP over all of them (data
+  parallel for a run that was), so a model that needed sharding stays sharded."""
+  spec = config_lib.layout_spec(folder_lib.read_config(run_dir))
+  if mesh is not None:
+    return make_layout(LayoutSpec(tuple(mesh), spec.shard_min_bytes), num_devices, field)
+  trained = tuple((folder_lib.read_result(run_dir) or {}).get("mesh") or spec.mesh)
+  try:
+    return make_layout(LayoutSpec(trained, spec.shard_min_bytes), num_devices, field)
+  except BadInput:  # trained on more (or other) devices than these
+    sharded = math.prod(trained[1:]) > 1
+    layout = make_layout(LayoutSpec((1, -1, 1) if sharded else (-1, 1, 1),
+                                    spec.shard_min_bytes), num_devices, field)
+    _log.info("run %s trained on mesh %s, which these devices cannot hold; restored onto "
+              "%s", epath.Path(run_dir).name, trained, layout.describe())
+    return layout
+
+
 def evaluate_run(run_dir: epath.PathLike, dp: DataParallel, *, step: int | None = None,
                  eval_batches: int = 0) -> dict:
   """Evaluates a run's checkpoint on its validation split; writes ``eval.json``."""
@@ -58,7 +84,7 @@ def evaluate_run(run_dir: epath.PathLike, dp: DataParallel, *, step: int | None 
   record = final_evaluation(run, run.compress.compose(), params, dataset,
                             dataset.eval_batches(run.train.global_batch, num_batches), dp)
   record.update(step=restored_step, eval_batches=num_batches, device_count=dp.num_devices,
-                run_id=run_dir.name)
+                mesh=list(dp.mesh.devices.shape), run_id=run_dir.name)
   write_json_atomic(run_dir / folder_lib.EVAL, record)
   return record
 
