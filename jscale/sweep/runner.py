@@ -15,7 +15,6 @@ on another.
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from typing import Callable
@@ -28,6 +27,7 @@ from jscale.errors import BadInput, storage_fault
 from jscale.sweep import batching, preview, report
 from jscale.sweep import plan as plan_lib
 from jscale.sweep import spec as spec_lib
+from jscale.sweep.eta import SweepEta
 from jscale.sweep.results import read_comparable, run_dir, write_results_csv
 from jscale.train import config as config_lib
 from jscale.train import hosts
@@ -76,26 +76,13 @@ def prepare_workdir(workdir: epath.Path, config, dataset) -> None:
   hosts.barrier("workdir")
 
 
-@dataclasses.dataclass
-class _Clock:
-  """The sweep's ETA: FLOPs finished in this process against the time since it started."""
-  started: float
-  flops_done: float = 0.0
-  flops_left: float = 0.0
-
-  def progress(self, run: plan_lib.PlannedRun, after_this_run: float
-               ) -> Callable[[Progress], None]:
-    """Step lines with the run's ETA and the sweep's (this run's plus the rest at the
-    FLOP rate of the runs finished so far, or this run's rate before any has)."""
-    flops_per_unit = run.flops / run.tokens
-
-    def show(p: Progress) -> None:
-      rate = self.flops_done / max(time.perf_counter() - self.started, 1e-9)
-      if rate <= 0 and math.isfinite(p.units_per_second):
-        rate = p.units_per_second * flops_per_unit
-      eta = (p.run_eta_seconds + after_this_run / rate) if rate > 0 else float("nan")
-      _log.info("  %s %s (sweep %s)", run.label, progress_line(p), format_eta(eta))
-    return show
+def _progress(run: plan_lib.PlannedRun, rest_seconds: float) -> Callable[[Progress], None]:
+  """Step lines with the run's ETA and the sweep's: this run's plus the units after it
+  (``rest_seconds``, from the units finished so far: see ``eta``)."""
+  def show(p: Progress) -> None:
+    _log.info("  %s %s (sweep %s)", run.label, progress_line(p),
+              format_eta(p.run_eta_seconds + rest_seconds))
+  return show
 
 
 def wait_for(workdir: epath.Path, run: plan_lib.PlannedRun, source: str | None, role: str,
@@ -218,14 +205,15 @@ def _report_end(run: plan_lib.PlannedRun, result: dict) -> None:
 def _train_all(ctx: _Context, todo: list[plan_lib.PlannedRun],
                units: list[list[plan_lib.PlannedRun]]) -> tuple[bool, int]:
   """Trains the units in order; (preempted?, runs that failed)."""
-  clock = _Clock(time.perf_counter(), flops_left=sum(r.cost_flops for r in todo))
+  sweep_eta = SweepEta()
   n, failed = 0, 0
-  for unit in units:
+  for i, unit in enumerate(units):
     for run in unit:
       n += 1
       _announce(n, len(todo), run, len(unit))
-    after = clock.flops_left - sum(r.cost_flops for r in unit)
-    results = _train_unit(ctx, unit, [clock.progress(r, after) for r in unit])
+    rest = sweep_eta.seconds_for(units[i + 1:])
+    started = time.perf_counter()
+    results = _train_unit(ctx, unit, [_progress(r, rest) for r in unit])
     preempted = False
     for run, result in zip(unit, results):
       if result["status"] == "preempted":
@@ -233,9 +221,9 @@ def _train_all(ctx: _Context, todo: list[plan_lib.PlannedRun],
         _log.info("preempted: %s checkpointed at step %d", run.run_id, result["step"])
         continue
       failed += result["status"] == "failed"
-      clock.flops_done += run.cost_flops
-      clock.flops_left -= run.cost_flops
       _report_end(run, result)
+    if all(result["status"] == "done" for result in results):  # a unit's whole cost
+      sweep_eta.finished(unit, time.perf_counter() - started)
     write_results_csv(ctx.workdir, ctx.sweep.select)
     hosts.barrier("results")  # the others read the writer's result.json (branches, todo)
     if preempted:
