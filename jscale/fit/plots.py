@@ -14,8 +14,9 @@ import textwrap
 import matplotlib
 import numpy as np
 from etils import epath
-from matplotlib import cm, colors
+from matplotlib import cm, colors, ticker
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 
 from jscale.fit import allocation as allocation_lib
@@ -83,6 +84,17 @@ def plot_fit(result: FitResult, out_dir: epath.PathLike) -> list[str]:
   if result.profile:
     paths.append(plot_profile(result, out_dir / "profile.png"))
   return paths
+
+
+def plain_log_ticks(axis: Axis) -> None:
+  """Labels a log axis with plain numbers at 1, 2 and 5 times each power of ten (each power
+  of ten where it spans more than two decades): on spans near one decade matplotlib's
+  default labels every minor tick, and neighbours overlap."""
+  low, high = sorted(axis.get_view_interval())
+  subs = (1.0, 2.0, 5.0) if np.log10(high / low) <= 2 else (1.0,)
+  axis.set_major_locator(ticker.LogLocator(subs=subs))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+  axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _shade_beyond(ax: Axes, low: float, high: float, axis: str = "x") -> None:

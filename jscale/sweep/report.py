@@ -163,6 +163,8 @@ def plot_annealing_checks(checks: list[cooldowns.SizeCheck], path: epath.Path) -
   ax_errors.axhline(0.0, color="k", lw=0.8)
   ax_errors.set(xscale="log", xlabel="branch tokens", ylabel="predicted / measured - 1 (%)",
                 title="final loss of the branches not fitted (band: +-0.5%)")
+  plots.plain_log_ticks(ax_curves.xaxis)
+  plots.plain_log_ticks(ax_errors.xaxis)
   return plots.save(fig, path)
 
 
