@@ -32,6 +32,7 @@ from absl import app, flags
 
 from experiments import cli
 from jscale import data as data_lib
+from jscale.errors import BadInput
 from jscale.train import config as config_lib
 from jscale.train import memory, sharding
 
@@ -55,7 +56,7 @@ MESHES = {"replicated": (8, 1, 1), "fsdp": (1, 8, 1), "fsdp_tensor": (1, 4, 2)}
 def main(argv):
   smoke.shrink({"width": 64, "depth": 2, "heads": 4, "seq_len": 32, "shard_min_bytes": 0})
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+    raise BadInput(f"unexpected arguments {argv[1:]}")
   # Read when the backend starts, at the first jax.devices() below.
   os.environ["XLA_FLAGS"] = " ".join(
       [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={DEVICES}"]

@@ -27,6 +27,9 @@ import time
 import smoke
 from absl import app, flags
 
+from experiments import cli
+from jscale.errors import BadInput
+
 _PROCESSES = flags.DEFINE_integer("processes", 2, "JAX processes.")
 _DEVICES = flags.DEFINE_integer("devices_per_process", 1, "Host devices of each process.")
 _WIDTH = flags.DEFINE_integer("width", 16, "Model width (the default sweep's smallest: 16).")
@@ -147,7 +150,7 @@ def _measure() -> None:
 def main(argv):
   smoke.shrink({"width": 8, "steps": 2, "rounds": 1})
   if _PROCESSES.value < 1 or _DEVICES.value < 1 or _EVERY.value < 1:
-    raise ValueError("--processes, --devices_per_process and --every must be >= 1")
+    raise BadInput("--processes, --devices_per_process and --every must be >= 1")
   if _PROCESS_ID.value < 0:
     _launch(argv)
   else:
@@ -155,4 +158,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.run_main(main), flags_parser=cli.flags_parser)

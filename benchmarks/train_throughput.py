@@ -1,7 +1,7 @@
 """Training throughput of the real train step against measured matmul peaks.
 
     python benchmarks/train_throughput.py [--sizes=32x2,64x2,128x2] [--rounds=8]
-        [--compare_head_dim=64] [--compare_devices=2]
+        [--compare_head_dim=64] [--compare_devices=2] [--compare_mesh=1,-1,1]
         [--batch=32] [--head_dim=8] [--dtype=float32|bfloat16]
 
 Everything is measured in one process and interleaved: each round times every
@@ -17,10 +17,14 @@ parallel) at every size of ``--sizes`` with the config's head dimension on one
 device, as the default sweep trains them; then, at the largest size: with
 ``--compare_head_dim``; data parallel over ``--compare_devices`` devices (on
 CPU, host devices forced before jax starts, each run by its own thread); and
-its gradient alone (``value_and_grad`` of the loss, no optimizer update).
+on the same devices laid out as ``--compare_mesh`` (FSDP by default: parameters and
+optimizer state sharded, gathered per layer); and its gradient alone (``value_and_grad``
+of the loss, no optimizer update).
 Every case starts from experiments/configs/lm_cosine.py (the L(N) sweep).
 Model FLOPs follow ``jscale.models.flops``. Ends with one key=value line for the
-largest size as the default sweep trains it, against the square peak.
+largest size as the default sweep trains it, against the square peak, and the
+``--compare_mesh`` case's throughput over the data-parallel one's on the same devices
+(``sharded_to_replicated``, the ratio of their MFUs).
 """
 
 import dataclasses
@@ -37,10 +41,11 @@ from absl import app, flags
 from experiments import cli
 from experiments.configs import lm_cosine
 from jscale import data as data_lib
+from jscale.errors import BadInput
 from jscale.models import flops
 from jscale.train import config as config_lib
-from jscale.train.sharding import data_parallel
-from jscale.train.step import build_run, cross_entropy, make_train_step
+from jscale.train.sharding import LayoutSpec, check_mesh, make_layout
+from jscale.train.step import build_run, cross_entropy, fresh_state, make_train_step
 
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0 = the default sweep's).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -51,6 +56,12 @@ _COMPARE_HEAD_DIM = flags.DEFINE_integer(
 _COMPARE_DEVICES = flags.DEFINE_integer(
     "compare_devices", 2, "Extra case: the largest size data parallel over this many devices "
     "(0 or 1 = none).")
+_COMPARE_MESH = flags.DEFINE_list(
+    "compare_mesh", ["1", "-1", "1"], "Extra case: the largest size on --compare_devices "
+    "devices laid out as this data,fsdp,tensor mesh, as train.mesh (default FSDP).")
+_SHARD_MIN_BYTES = flags.DEFINE_integer(
+    "shard_min_bytes", LayoutSpec.shard_min_bytes,
+    "Parameters smaller stay replicated in the --compare_mesh case (train.shard_min_bytes).")
 _ROUNDS = flags.DEFINE_integer("rounds", 8, "Interleaved timing rounds; the fastest is kept.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Train steps per case per round.")
 _PEAK_N = flags.DEFINE_integer("peak_n", 2048, "Side of the square reference matmul.")
@@ -65,6 +76,7 @@ class Case:
   head_dim: int  # 0: the config's num_heads
   devices: int
   grad_only: bool = False
+  mesh: tuple[int, int, int] = LayoutSpec.mesh  # data parallel
 
 
 @dataclasses.dataclass
@@ -87,11 +99,12 @@ def _run_spec(case: Case, config, dataset):
 def prepare(case: Case, config, dataset) -> Timed:
   """Compiles the case's train step (or gradient) and returns its timer."""
   run = _run_spec(case, config, dataset)
-  dp = data_parallel(case.devices)
+  dp = make_layout(LayoutSpec(case.mesh, _SHARD_MIN_BYTES.value), case.devices,
+                   "--compare_mesh")
   dp.check_batch(run.train.global_batch)
   built = build_run(run)
   module = built.module
-  holder = {"state": jax.jit(lambda: built.init(0), out_shardings=dp.replicated)()}
+  holder = {"state": fresh_state(built, dp, 0)}
   batches = [dp.shard_batch(dataset.train_batch(i, run.train.global_batch, 0))
              for i in range(_STEPS.value)]
   if case.grad_only:
@@ -156,11 +169,21 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
   except ValueError:
     sizes = []
   if not sizes or any(len(s) != 2 or min(s) <= 0 for s in sizes):
-    raise ValueError(f"--sizes must look like 32x2,64x2 (widthxdepth,...), got {text!r}")
+    raise BadInput(f"--sizes must look like 32x2,64x2 (widthxdepth,...), got {text!r}")
   return sizes
 
 
-def cases(sizes: list[tuple[int, int]], head_dim: int) -> list[Case]:
+def parse_mesh(values: list[str]) -> tuple[int, int, int]:
+  try:
+    mesh = tuple(int(n) for n in values)
+  except ValueError:
+    mesh = tuple(values)
+  check_mesh(mesh, "--compare_mesh")
+  return mesh
+
+
+def cases(sizes: list[tuple[int, int]], head_dim: int, mesh: tuple[int, int, int]
+          ) -> list[Case]:
   """The default sweep's cases, then the comparisons at the largest size.
 
   ``head_dim`` 0 keeps the config's ``model.num_heads`` at every width.
@@ -170,9 +193,11 @@ def cases(sizes: list[tuple[int, int]], head_dim: int) -> list[Case]:
   if _COMPARE_HEAD_DIM.value and _COMPARE_HEAD_DIM.value != head_dim:
     out.append(Case(f"{width}x{depth} head_dim {_COMPARE_HEAD_DIM.value}", width, depth,
                     _COMPARE_HEAD_DIM.value, 1))
-  if 1 < _COMPARE_DEVICES.value <= jax.device_count():
-    out.append(Case(f"{width}x{depth} {_COMPARE_DEVICES.value} devices", width, depth,
-                    head_dim, _COMPARE_DEVICES.value))
+  devices = _COMPARE_DEVICES.value if 1 < _COMPARE_DEVICES.value <= jax.device_count() else 1
+  if devices > 1:
+    out.append(Case(f"{width}x{depth} {devices} devices", width, depth, head_dim, devices))
+  out.append(Case(f"{width}x{depth} mesh {','.join(map(str, mesh))}", width, depth, head_dim,
+                  devices, mesh=mesh))
   out.append(Case(f"{width}x{depth} gradient only", width, depth, head_dim, 1,
                   grad_only=True))
   return out
@@ -187,10 +212,11 @@ def force_host_devices(count: int) -> None:
 
 def main(argv):
   smoke.shrink({"sizes": "16x1,32x1", "compare_head_dim": 16, "rounds": 1, "steps": 1,
-                "peak_n": 256})
+                "peak_n": 256, "shard_min_bytes": 0})
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
+    raise BadInput(f"unexpected arguments {argv[1:]}")
   sizes = parse_sizes(_SIZES.value)
+  mesh = parse_mesh(_COMPARE_MESH.value)
   force_host_devices(_COMPARE_DEVICES.value)
   config = lm_cosine.get_config()
   config.train.global_batch = _BATCH.value or config.train.global_batch
@@ -202,7 +228,7 @@ def main(argv):
     print(f"skipping the {_COMPARE_DEVICES.value}-device case: this backend has "
           f"{jax.device_count()} device(s)")
   timed = [prepare(case, config, dataset)
-           for case in cases(sizes, config.model.head_dim)]
+           for case in cases(sizes, config.model.head_dim, mesh)]
   step_flops = timed[len(sizes) - 1].flops_per_unit / _STEPS.value
   width = sizes[-1][0]
   tokens = config.train.global_batch * config.data.seq_len
@@ -237,12 +263,20 @@ def main(argv):
           f"{1e3 * per_unit / _STEPS.value:8.1f} {t.tokens_per_unit / per_unit:9,.0f} "
           f"{rate / 1e9:8.2f} {rate / square:7.3f} {rate / shaped:7.3f} "
           f"{'n/a' if mfu is None else f'{mfu:.3f}':>6}")
+  def rate_of(t: Timed) -> float:
+    return t.flops_per_unit / seconds[t.case.label]
+
   largest = timed[len(sizes) - 1]
-  rate = largest.flops_per_unit / seconds[largest.case.label]
+  sharded = next(t for t in timed if t.case.mesh != LayoutSpec.mesh)
+  replicated = next(t for t in [*timed[len(sizes):], largest]  # the same devices, replicated
+                    if t.case.devices == sharded.case.devices and t.case.mesh == LayoutSpec.mesh
+                    and not t.case.grad_only and t.case.head_dim == largest.case.head_dim)
+  rate = rate_of(largest)
   print(f"ratio_to_peak={rate / square:.3f} train_gflops={rate / 1e9:.2f} "
         f"peak_gflops={square / 1e9:.2f} model_width={largest.case.width} "
         f"model_depth={largest.case.depth} "
-        f"ratio_to_model_shape_peak={rate / shaped:.3f}")
+        f"ratio_to_model_shape_peak={rate / shaped:.3f} "
+        f"sharded_to_replicated={rate_of(sharded) / rate_of(replicated):.3f}")
 
 
 if __name__ == "__main__":

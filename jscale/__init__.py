@@ -1,6 +1,6 @@
 """jscale: compute-efficient scaling-law experiments in JAX.
 
-Pipeline: data -> models -> train -> compress -> sweep -> fit -> report.
+Pipeline: data -> models -> compress -> train -> sweep, and fit (standalone).
 """
 
 __version__ = "0.1.0"
