@@ -5,8 +5,8 @@ A unit's wall time is modelled as ``a + b * steps + c * FLOPs``, the three costs
 unit pays once (compiling its step, the evaluations, the checkpoint writes), ``b`` what
 every step pays whatever its size (dispatch, the input batch), ``c`` the arithmetic. A single
 FLOP rate (FLOPs done over time spent) misleads both ways on a sweep: its small first runs
-reach a fraction of the big ones' FLOP/s, so it first overstates the rest ~10x, and after the
-big trunks it understates the many short branches, each of which compiles its own step.
+reach a fraction of the big ones' FLOP/s, so it first overstates the rest tenfold or more, and
+after the big trunks it understates the many short branches, each compiling its own step.
 """
 
 import dataclasses
