@@ -44,7 +44,7 @@ from jscale import data as data_lib
 from jscale.errors import BadInput
 from jscale.models import flops
 from jscale.train import config as config_lib
-from jscale.train.sharding import LayoutSpec, check_mesh, make_layout
+from jscale.train.sharding import LayoutSpec, make_layout
 from jscale.train.step import build_run, cross_entropy, fresh_state, make_train_step
 
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0 = the default sweep's).")
@@ -173,15 +173,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
   return sizes
 
 
-def parse_mesh(values: list[str]) -> tuple[int, int, int]:
-  try:
-    mesh = tuple(int(n) for n in values)
-  except ValueError:
-    mesh = tuple(values)
-  check_mesh(mesh, "--compare_mesh")
-  return mesh
-
-
 def cases(sizes: list[tuple[int, int]], head_dim: int, mesh: tuple[int, int, int]
           ) -> list[Case]:
   """The default sweep's cases, then the comparisons at the largest size.
@@ -216,7 +207,7 @@ def main(argv):
   if len(argv) > 1:
     raise BadInput(f"unexpected arguments {argv[1:]}")
   sizes = parse_sizes(_SIZES.value)
-  mesh = parse_mesh(_COMPARE_MESH.value)
+  mesh = cli.parse_mesh(_COMPARE_MESH.value, "--compare_mesh")
   force_host_devices(_COMPARE_DEVICES.value)
   config = lm_cosine.get_config()
   config.train.global_batch = _BATCH.value or config.train.global_batch
@@ -268,9 +259,8 @@ def main(argv):
 
   largest = timed[len(sizes) - 1]
   sharded = next(t for t in timed if t.case.mesh != LayoutSpec.mesh)
-  replicated = next(t for t in [*timed[len(sizes):], largest]  # the same devices, replicated
-                    if t.case.devices == sharded.case.devices and t.case.mesh == LayoutSpec.mesh
-                    and not t.case.grad_only and t.case.head_dim == largest.case.head_dim)
+  twin = dataclasses.replace(sharded.case, mesh=LayoutSpec.mesh)  # data parallel, same devices
+  replicated = next(t for t in timed if dataclasses.replace(t.case, label=twin.label) == twin)
   rate = rate_of(largest)
   print(f"ratio_to_peak={rate / square:.3f} train_gflops={rate / 1e9:.2f} "
         f"peak_gflops={square / 1e9:.2f} model_width={largest.case.width} "

@@ -38,6 +38,7 @@ from jscale.errors import (
 from jscale.sweep.plan import parse_worker
 from jscale.train import hosts
 from jscale.train.config import absolute_path, lookup
+from jscale.train.sharding import check_mesh
 
 # --config=FILE, -config FILE, ...; and the overrides --config.a.b=v, --noconfig.a.b.
 _CONFIG_FLAG = re.compile(r"^--?config(=|$)")
@@ -103,6 +104,17 @@ def run_main(main: Callable[..., object]) -> Callable[..., object]:
     return result
 
   return wrapped
+
+
+def parse_mesh(values: list[str], flag: str) -> tuple[int, int, int]:
+  """A data,fsdp,tensor list flag as train.mesh's three sizes (checked as that is)."""
+  try:
+    mesh = tuple(int(n) for n in values)
+  except ValueError:
+    raise BadInput(f"{flag} must be three integers data,fsdp,tensor, got "
+                   f"{','.join(values)!r}") from None
+  check_mesh(mesh, flag)
+  return mesh
 
 
 def config_overrides(argv: list[str]) -> tuple[str, ...]:

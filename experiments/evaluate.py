@@ -18,7 +18,6 @@ from jscale.errors import BadInput
 from jscale.train.config import absolute_path
 from jscale.train.folder import read_result
 from jscale.train.restore import evaluate_run, trained_layout
-from jscale.train.sharding import check_mesh
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder.")
 _RUN = flags.DEFINE_string("run", None, "Run id (default: every finished run).")
@@ -61,15 +60,7 @@ def _run_folders(workdir: str) -> list[epath.Path]:
 
 
 def _mesh() -> tuple[int, ...] | None:
-  if _MESH.value is None:
-    return None
-  try:
-    mesh = tuple(int(n) for n in _MESH.value)
-  except ValueError:
-    raise BadInput(f"--mesh must be three integers data,fsdp,tensor, got "
-                   f"{','.join(_MESH.value)!r}") from None
-  check_mesh(mesh, "--mesh")
-  return mesh
+  return None if _MESH.value is None else cli.parse_mesh(_MESH.value, "--mesh")
 
 
 def main(argv):

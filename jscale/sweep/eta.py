@@ -20,7 +20,7 @@ from jscale.sweep.plan import PlannedRun
 def unit_costs(unit: list[PlannedRun]) -> np.ndarray:
   """(1, steps, FLOPs) of one unit: runs trained together share their steps; a branch
   counts only its steps after the branch point."""
-  steps = max(r.spec.train.steps - (r.branch_step or 0) for r in unit)
+  steps = max(r.own_steps for r in unit)
   return np.array([1.0, float(steps), sum(r.cost_flops for r in unit)])
 
 

@@ -61,10 +61,14 @@ class PlannedRun:
         self.spec.train.steps)
 
   @property
+  def own_steps(self) -> int:
+    """Steps this run trains itself: a branch only those after the branch point."""
+    return self.spec.train.steps - (self.branch_step or 0)
+
+  @property
   def cost_flops(self) -> float:
-    """FLOPs this run trains itself: a branch only its steps after the branch point."""
-    steps = self.spec.train.steps
-    return self.flops * (steps - (self.branch_step or 0)) / steps
+    """FLOPs of the steps this run trains itself (``own_steps``)."""
+    return self.flops * self.own_steps / self.spec.train.steps
 
   @property
   def tokens(self) -> int:
